@@ -1,0 +1,67 @@
+"""arange: an AI security range for image models.
+
+Python API::
+
+    import arange
+    card = arange.run("scenarios/pgd_resnet.yaml")
+    print(card.results[0].robust_accuracy)
+
+Attacks work on your own ``nn.Module`` and tensors too::
+
+    from arange.attacks import PGD
+    x_adv = PGD(steps=20)(model, x, y, eps=8/255)
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import ArangeError, ScenarioError
+from .registry import (
+    ATTACKS,
+    DATASETS,
+    DEFENSES,
+    MODELS,
+    create_attack,
+    create_defense,
+    list_attacks,
+    list_datasets,
+    list_defenses,
+    list_models,
+    register_attack,
+    register_dataset,
+    register_defense,
+    register_model,
+)
+
+try:
+    __version__ = version("arange")
+except PackageNotFoundError:  # running from a source tree without installing
+    __version__ = "0.0.0+unknown"
+
+if TYPE_CHECKING:
+    from .scenario import Scenario
+    from .scorecard import Scorecard
+
+
+def run(scenario: str | Path | Scenario | dict[str, Any], out: str | Path | None = None,
+        **options: Any) -> Scorecard:
+    """Run a scenario (a path, a dict or a :class:`Scenario`) and return its scorecard."""
+    from .runner import run_scenario
+    from .scenario import Scenario, load_scenario, scenario_from_dict
+
+    if isinstance(scenario, (str, Path)):
+        scenario = load_scenario(scenario)
+    elif isinstance(scenario, dict):
+        scenario = scenario_from_dict(scenario)
+    elif not isinstance(scenario, Scenario):
+        raise TypeError("scenario must be a path, a dict or a Scenario")
+    return run_scenario(scenario, out, **options)
+
+
+__all__ = ["ATTACKS", "ArangeError", "DATASETS", "DEFENSES", "MODELS", "ScenarioError",
+           "__version__", "create_attack", "create_defense", "list_attacks", "list_datasets",
+           "list_defenses", "list_models", "register_attack", "register_dataset",
+           "register_defense", "register_model", "run"]

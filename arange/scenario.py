@@ -1,0 +1,409 @@
+"""The scenario file: a strict schema, validated before any compute.
+
+Every error names the file, the path inside it and what to do, for example::
+
+    scenarios/x.yaml: attacks[1].params.step: pgd has no parameter 'step'; did you mean 'steps'?
+
+Numbers such as ``8/255`` are parsed by :func:`arange.expr.parse_number` (never ``eval``).
+"""
+
+from __future__ import annotations
+
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ArangeError, ParamError, RegistryError, ScenarioError
+from .expr import format_eps, parse_number
+from .registry import ATTACKS, DATASETS, DEFENSES, MODELS, accepted_params, check_params, suggest
+from .threat import Norm
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
+# Metrics a classification gate may name (the gates issue evaluates them).
+CLASSIFICATION_METRICS = ("robust_accuracy", "clean_accuracy", "attack_success_rate")
+WORST_CASE = "worst_case"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Training(_Strict):
+    """The zoo recipe used when ``weights: zoo``."""
+
+    epochs: int = Field(12, ge=1, le=1000)
+    batch_size: int = Field(64, ge=1, le=65536)
+    lr: float = Field(0.05, gt=0, le=10)
+    weight_decay: float = Field(5e-4, ge=0, le=1)
+    shift: int = Field(2, ge=0, le=16)
+
+
+class DatasetSpec(_Strict):
+    name: str
+    split: Literal["train", "test"] = "test"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Target(_Strict):
+    model: str
+    model_params: dict[str, Any] = Field(default_factory=dict)
+    weights: str = "zoo"
+    training: Training = Field(default_factory=Training)
+    dataset: DatasetSpec
+    samples: int | None = Field(256, ge=1)
+    batch_size: int = Field(128, ge=1, le=65536)
+    quantize: bool = False
+
+
+def _eps_list(value: Any) -> list[float]:
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise ValueError("needs at least one value, e.g. [4/255, 8/255]")
+    return [parse_number(v) for v in values]
+
+
+class AttackSpec(_Strict):
+    name: str
+    label: str | None = None
+    norm: Norm = Norm.linf
+    eps: list[float]
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _parse_eps(cls, v: Any) -> list[float]:
+        return _eps_list(v)
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+
+class DefenseSpec(_Strict):
+    name: str
+    label: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+
+def _defense_shorthand(v: Any) -> Any:
+    return {"name": v} if isinstance(v, str) else v
+
+
+class GateRule(_Strict):
+    """A rule on a scorecard metric; validated here, evaluated by ``arange gate``."""
+
+    name: str | None = None
+    metric: str
+    defense: str | None = None
+    attack: str | None = None
+    eps: float | None = None
+    min: float | None = None
+    max: float | None = None
+    max_drop: float | None = Field(None, ge=0, le=1)
+
+    @field_validator("eps", "min", "max", mode="before")
+    @classmethod
+    def _num(cls, v: Any) -> float | None:
+        return None if v is None else parse_number(v)
+
+
+class Evaluation(_Strict):
+    cascade: bool = False  # attack only samples that earlier attacks left unbroken
+
+
+class Scenario(_Strict):
+    name: str
+    task: Literal["classification"] = "classification"
+    description: str = ""
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    device: str = "auto"
+    target: Target
+    defenses: list[DefenseSpec] = Field(default_factory=lambda: [DefenseSpec(name="none")])
+    attacks: list[AttackSpec] = Field(min_length=1)
+    evaluation: Evaluation = Field(default_factory=Evaluation)
+    gates: list[GateRule] = Field(default_factory=list)
+
+    @field_validator("defenses", mode="before")
+    @classmethod
+    def _defenses(cls, v: Any) -> Any:
+        return [_defense_shorthand(d) for d in v] if isinstance(v, list) else v
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError("use letters, digits, '_', '-' or '.', starting with a letter or "
+                             f"digit, at most 64 characters (got {v!r})")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not _DEVICE_RE.match(v):
+            raise ValueError(f"must be auto, cpu, cuda or cuda:N (got {v!r})")
+        return v
+
+    # -- helpers used by the runner
+    def eps_labels(self) -> dict[float, str]:
+        return {e: format_eps(e) for a in self.attacks for e in a.eps}
+
+
+# ---------------------------------------------------------------------------- loading
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read, parse and fully validate a scenario file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ScenarioError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ScenarioError(f"{path}: cannot read: {e}") from e
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = ""
+        mark = getattr(e, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ScenarioError(f"{path}: not valid YAML{where}: {problem}") from e
+    return scenario_from_dict(raw, source=str(path), base_dir=path.parent)
+
+
+def scenario_from_dict(raw: Any, source: str = "<scenario>",
+                       base_dir: Path | None = None) -> Scenario:
+    if raw is None:
+        raise ScenarioError(f"{source}: the file is empty; see scenarios/pgd_resnet.yaml")
+    if not isinstance(raw, dict):
+        raise ScenarioError(f"{source}: the top level must be a mapping of fields "
+                            f"(name, target, attacks, ...), got {type(raw).__name__}")
+    try:
+        scenario = Scenario.model_validate(raw)
+    except ValidationError as e:
+        raise ScenarioError(_format_validation(e, source)) from e
+    scenario = _resolve_paths(scenario, base_dir)
+    validate_components(scenario, source)
+    return scenario
+
+
+def _resolve_paths(s: Scenario, base_dir: Path | None) -> Scenario:
+    """Make relative weight and dataset paths relative to the scenario file."""
+    if base_dir is None:
+        return s
+    target = s.target
+    updates: dict[str, Any] = {}
+    if target.weights not in ("zoo", "random"):
+        p = Path(target.weights).expanduser()
+        if not p.is_absolute():
+            updates["weights"] = str((base_dir / p).resolve())
+    opts = dict(target.dataset.options)
+    if isinstance(opts.get("root"), str) and not Path(opts["root"]).expanduser().is_absolute():
+        opts["root"] = str((base_dir / opts["root"]).resolve())
+        updates["dataset"] = target.dataset.model_copy(update={"options": opts})
+    if not updates:
+        return s
+    return s.model_copy(update={"target": target.model_copy(update=updates)})
+
+
+def _fail(source: str, path: str, message: str) -> ScenarioError:
+    return ScenarioError(f"{source}: {path}: {message}")
+
+
+def _check_component(registry: Any, name: str, params: dict[str, Any], source: str,
+                     path: str, exclude: tuple[str, ...] = ()) -> Any:
+    """Check that ``name`` is registered and ``params`` fit it; return the instance (if any)."""
+    try:
+        factory = registry.get(name)
+    except RegistryError as e:
+        raise _fail(source, f"{path}.name" if not path.endswith("model") else path,
+                    str(e)) from e
+    params_path = path.rsplit(".", 1)[0] + ".model_params" if path.endswith("model") \
+        else f"{path}.params"
+    try:
+        if exclude:  # arguments the runner supplies (e.g. a model's channels) are not the user's
+            for key in params:
+                if key in exclude:
+                    raise ParamError(key, f"is set from the dataset; remove it")
+            accepted = [p for p in accepted_params(factory) if p not in exclude]
+            for key in params:
+                if key not in accepted:
+                    raise ParamError(key, f"{registry.kind} {name!r} has no parameter {key!r}"
+                                     f"{suggest(key, accepted)} (accepted: "
+                                     f"{', '.join(accepted) or 'none'})")
+            return None
+        check_params(factory, params, f"{registry.kind} {name!r}")
+        return factory(**params)
+    except ParamError as e:
+        sub = f"{params_path}.{e.param}" if e.param != "params" else params_path
+        raise _fail(source, sub, e.message) from e
+    except (TypeError, ValueError) as e:
+        raise _fail(source, params_path, str(e)) from e
+
+
+def validate_components(s: Scenario, source: str = "<scenario>") -> None:
+    """Semantic checks that need the registries: names, parameters, ranges, references."""
+    from .models.nets import DATA_ARGS
+
+    t = s.target
+    _check_component(MODELS, t.model, t.model_params, source, "target.model", exclude=DATA_ARGS)
+    _check_component(DATASETS, t.dataset.name, t.dataset.options, source,
+                     "target.dataset", exclude=())
+    if t.weights not in ("zoo", "random"):
+        p = Path(t.weights)
+        if p.suffix not in WEIGHT_SUFFIXES:
+            raise _fail(source, "target.weights",
+                        f"use 'zoo', or a path ending in {', '.join(WEIGHT_SUFFIXES)} "
+                        f"(got {t.weights!r})")
+        if not p.is_file():
+            raise _fail(source, "target.weights", f"file {t.weights} does not exist; give a "
+                        "path relative to the scenario file, or use 'zoo' to train one")
+
+    seen: set[str] = set()
+    for i, d in enumerate(s.defenses):
+        _check_component(DEFENSES, d.name, d.params, source, f"defenses[{i}]")
+        if d.key in seen:
+            raise _fail(source, f"defenses[{i}]", f"{d.key!r} appears twice; give one a "
+                        "distinct 'label'")
+        seen.add(d.key)
+
+    seen = set()
+    for i, a in enumerate(s.attacks):
+        attack = _check_component(ATTACKS, a.name, a.params, source, f"attacks[{i}]")
+        norms = getattr(attack, "norms", (Norm.linf, Norm.l2))
+        if a.norm not in norms:
+            raise _fail(source, f"attacks[{i}].norm", f"{a.name} supports "
+                        f"{', '.join(n.value for n in norms)} (got {a.norm.value})")
+        for j, eps in enumerate(a.eps):
+            limit = 1.0 if a.norm is Norm.linf else 1000.0
+            if not 0 < eps <= limit:
+                raise _fail(source, f"attacks[{i}].eps[{j}]",
+                            f"must be > 0 and <= {limit:g} for {a.norm.value} (got {eps:g})")
+        if len(set(a.eps)) != len(a.eps):
+            raise _fail(source, f"attacks[{i}].eps", "lists the same value twice")
+        if a.key in seen or a.key == WORST_CASE:
+            raise _fail(source, f"attacks[{i}]", f"{a.key!r} is already used; give this "
+                        "attack a distinct 'label'")
+        seen.add(a.key)
+
+    _validate_gates(s, source)
+
+
+def _validate_gates(s: Scenario, source: str) -> None:
+    attack_keys = [a.key for a in s.attacks] + [WORST_CASE]
+    defense_keys = [d.key for d in s.defenses]
+    all_eps = sorted({e for a in s.attacks for e in a.eps})
+    for i, g in enumerate(s.gates):
+        path = f"gates[{i}]"
+        if g.metric not in CLASSIFICATION_METRICS:
+            raise _fail(source, f"{path}.metric", f"unknown metric {g.metric!r}"
+                        f"{suggest(g.metric, list(CLASSIFICATION_METRICS))} (available: "
+                        f"{', '.join(CLASSIFICATION_METRICS)})")
+        if g.min is None and g.max is None and g.max_drop is None:
+            raise _fail(source, path, "needs at least one of min, max or max_drop")
+        for bound in ("min", "max"):
+            v = getattr(g, bound)
+            if v is not None and not 0 <= v <= 1:
+                raise _fail(source, f"{path}.{bound}", f"rates are in [0, 1] (got {v:g})")
+        if g.defense is not None and g.defense not in defense_keys:
+            raise _fail(source, f"{path}.defense", f"no defense {g.defense!r} in this "
+                        f"scenario{suggest(g.defense, defense_keys)} (defenses: "
+                        f"{', '.join(defense_keys)})")
+        if g.metric != "clean_accuracy":
+            if g.attack is not None and g.attack not in attack_keys:
+                raise _fail(source, f"{path}.attack", f"no attack {g.attack!r} in this "
+                            f"scenario{suggest(g.attack, attack_keys)} (attacks: "
+                            f"{', '.join(attack_keys)})")
+            if g.eps is not None and not any(abs(g.eps - e) < 1e-9 for e in all_eps):
+                raise _fail(source, f"{path}.eps", f"no attack runs at eps {format_eps(g.eps)}"
+                            f" (scenario eps: {', '.join(format_eps(e) for e in all_eps)})")
+
+
+# ---------------------------------------------------------------------------- errors
+
+def _loc_str(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class found by following ``loc`` from :class:`Scenario`."""
+    cur: Any = Scenario
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(cur, type) and issubclass(cur, BaseModel)):
+            return None
+        field = cur.model_fields.get(part)
+        if field is None:
+            return None
+        cur = _unwrap(field.annotation)
+    return cur if isinstance(cur, type) and issubclass(cur, BaseModel) else None
+
+
+def _unwrap(ann: Any) -> Any:
+    origin = typing.get_origin(ann)
+    if origin in (list, tuple):
+        return _unwrap(typing.get_args(ann)[0])
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(ann):
+            u = _unwrap(arg)
+            if isinstance(u, type) and issubclass(u, BaseModel):
+                return u
+    return ann
+
+
+def _format_one(err: Any) -> tuple[str, str]:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        parent, key = loc[:-1], str(loc[-1])
+        model = _model_at(parent)
+        allowed = list(model.model_fields) if model else []
+        hint = suggest(key, allowed)
+        return _loc_str(loc), (f"unknown field {key!r}{hint}"
+                               + (f" (allowed: {', '.join(allowed)})" if allowed else ""))
+    if kind == "missing":
+        parent, key = loc[:-1], str(loc[-1])
+        return _loc_str(parent) or "(top level)", f"missing required field {key!r}"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal",
+                "int_parsing", "int_from_float", "float_parsing", "bool_parsing",
+                "literal_error", "enum", "string_type", "too_short", "list_type", "dict_type",
+                "model_type"):
+        msg = f"{msg[0].lower()}{msg[1:]} (got {err.get('input')!r})"
+    return _loc_str(loc) or "(top level)", msg
+
+
+def _format_validation(e: ValidationError, source: str) -> str:
+    lines = []
+    for err in e.errors():
+        path, msg = _format_one(err)
+        line = f"{source}: {path}: {msg}"
+        if line not in lines:
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def check_scenario(path: str | Path) -> Scenario:
+    """Alias used by ``arange validate``."""
+    try:
+        return load_scenario(path)
+    except ArangeError:
+        raise

@@ -1,0 +1,85 @@
+"""Threat models and the budget enforcement the runner applies to every attack's output.
+
+An attack proposes adversarial examples; :func:`enforce` decides what is actually evaluated:
+the perturbation is projected onto the eps-ball, the image clamped to the bounds and, when the task
+saves images as 8-bit, quantised towards the clean image (so quantisation can never leave the ball).
+An attack that returns an oversized perturbation therefore can never inflate a score; the number of
+samples that needed projection is reported so a buggy attack is visible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+
+
+class Norm(str, Enum):
+    linf = "linf"
+    l2 = "l2"
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    norm: Norm
+    eps: float
+    bounds: tuple[float, float] = (0.0, 1.0)
+    quantize: bool = False  # evaluate images on the uint8 grid
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "norm", Norm(self.norm))
+        if not self.eps >= 0:
+            raise ValueError(f"eps must be >= 0 (got {self.eps})")
+        lo, hi = self.bounds
+        if not lo < hi:
+            raise ValueError(f"bounds must be increasing (got {self.bounds})")
+
+
+def norms(delta: torch.Tensor, norm: Norm | str) -> torch.Tensor:
+    """Per-sample norm of a batch of perturbations."""
+    flat = delta.flatten(1)
+    if Norm(norm) is Norm.linf:
+        return flat.abs().amax(dim=1)
+    return flat.norm(p=2, dim=1)
+
+
+def project(x: torch.Tensor, x_adv: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
+    """Project ``x_adv`` onto the eps-ball around ``x`` and into the bounds."""
+    delta = x_adv - x
+    if threat.norm is Norm.linf:
+        delta = delta.clamp(-threat.eps, threat.eps)
+    else:
+        n = norms(delta, Norm.l2).view(-1, *([1] * (x.dim() - 1)))
+        delta = delta * torch.clamp(threat.eps / (n + 1e-12), max=1.0)
+    # Clamping towards the bounds only shrinks each coordinate of delta (x is inside the bounds),
+    # so the result stays inside the ball for both norms.
+    return (x + delta).clamp(*threat.bounds)
+
+
+@dataclass
+class Enforced:
+    x_adv: torch.Tensor        # what gets evaluated
+    violations: torch.Tensor   # bool per sample: the attack's raw output broke the budget/bounds
+    perturbation: torch.Tensor  # per-sample norm (threat norm) of the evaluated perturbation
+
+
+def enforce(x: torch.Tensor, x_adv: torch.Tensor, threat: ThreatModel) -> Enforced:
+    """The runner's check on an attack's output; see the module docstring."""
+    if x_adv.shape != x.shape:
+        raise RuntimeError(f"attack returned shape {tuple(x_adv.shape)}, expected {tuple(x.shape)}")
+    x_adv = x_adv.detach().to(device=x.device, dtype=x.dtype)
+    bad = ~torch.isfinite(x_adv).flatten(1).all(dim=1)
+    x_adv = torch.where(torch.isfinite(x_adv), x_adv, x)
+    lo, hi = threat.bounds
+    raw = norms(x_adv - x, threat.norm)
+    tol = 1e-6 + 1e-5 * threat.eps
+    out_of_bounds = ((x_adv < lo - 1e-6) | (x_adv > hi + 1e-6)).flatten(1).any(dim=1)
+    violations = bad | out_of_bounds | (raw > threat.eps + tol)
+    xp = project(x, x_adv, threat)
+    if threat.quantize:
+        # Round the perturbation towards zero on the 1/255 grid; x is assumed on the grid.
+        scale = 255.0 / (threat.bounds[1] - threat.bounds[0])
+        delta = torch.trunc((xp - x) * scale + 1e-4 * torch.sign(xp - x)) / scale
+        xp = (x + delta).clamp(*threat.bounds)
+    return Enforced(xp, violations, norms(xp - x, threat.norm))
