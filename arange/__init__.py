@@ -56,9 +56,13 @@ def run(scenario: str | Path | Scenario | dict[str, Any], out: str | Path | None
         scenario = load_scenario(scenario)
     elif isinstance(scenario, dict):
         scenario = scenario_from_dict(scenario)
-    elif not isinstance(scenario, Scenario):
-        raise TypeError("scenario must be a path, a dict or a Scenario")
-    return run_scenario(scenario, out, **options)
+    if isinstance(scenario, Scenario):
+        return run_scenario(scenario, out, **options)
+    task = getattr(scenario, "task", None)
+    if not isinstance(task, str):
+        raise TypeError("scenario must be a path, a dict or a validated scenario")
+    from .tasks import get_task
+    return get_task(task).run(scenario, out, **options)  # type: ignore[no-any-return]
 
 
 __all__ = ["ATTACKS", "ArangeError", "DATASETS", "DEFENSES", "MODELS", "ScenarioError",

@@ -18,7 +18,7 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import ArangeError, ParamError, RegistryError, ScenarioError
+from .errors import ParamError, RegistryError, ScenarioError
 from .expr import format_eps, parse_number
 from .registry import ATTACKS, DATASETS, DEFENSES, MODELS, accepted_params, check_params, suggest
 from .threat import Norm
@@ -161,7 +161,7 @@ class Scenario(_Strict):
 
 # ---------------------------------------------------------------------------- loading
 
-def load_scenario(path: str | Path) -> Scenario:
+def load_scenario(path: str | Path) -> Any:
     """Read, parse and fully validate a scenario file."""
     path = Path(path)
     try:
@@ -183,12 +183,24 @@ def load_scenario(path: str | Path) -> Scenario:
 
 
 def scenario_from_dict(raw: Any, source: str = "<scenario>",
-                       base_dir: Path | None = None) -> Scenario:
+                       base_dir: Path | None = None) -> Any:
+    """Validate a parsed scenario mapping; returns a :class:`Scenario` for classification or the
+    task's own scenario model for other tasks (see :mod:`arange.tasks`)."""
     if raw is None:
         raise ScenarioError(f"{source}: the file is empty; see scenarios/pgd_resnet.yaml")
     if not isinstance(raw, dict):
         raise ScenarioError(f"{source}: the top level must be a mapping of fields "
                             f"(name, target, attacks, ...), got {type(raw).__name__}")
+    task = raw.get("task", "classification")
+    if task != "classification":
+        from .tasks import TASKS, get_task
+        try:
+            plugin = get_task(str(task))
+        except RegistryError as e:
+            names = ["classification", *TASKS.names()]
+            raise ScenarioError(f"{source}: task: unknown task {task!r}{suggest(str(task), names)}"
+                                f" (available: {', '.join(names)})") from e
+        return plugin.load(raw, source, base_dir)  # type: ignore[no-any-return]
     try:
         scenario = Scenario.model_validate(raw)
     except ValidationError as e:
@@ -400,10 +412,3 @@ def _format_validation(e: ValidationError, source: str) -> str:
             lines.append(line)
     return "\n".join(lines)
 
-
-def check_scenario(path: str | Path) -> Scenario:
-    """Alias used by ``arange validate``."""
-    try:
-        return load_scenario(path)
-    except ArangeError:
-        raise
