@@ -6,14 +6,21 @@ one-line explanation a reviewer can act on.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
+from .expr import format_eps
+from .scenario import AttackSpec, DefenseSpec, Scenario
 from .scorecard import Check, ResultRow
+from .threat import Norm
 
 RowCheck = Callable[[list[ResultRow]], Check]
 
@@ -52,7 +59,7 @@ def check_monotonic_eps(rows: list[ResultRow]) -> Check:
     bad = []
     for (defense, attack, _), rs in groups.items():
         rs.sort(key=lambda r: r.eps)
-        for a, b in zip(rs, rs[1:], strict=False):
+        for a, b in itertools.pairwise(rs):
             if b.robust_accuracy > a.robust_accuracy + _tolerance(a.n):
                 bad.append(f"{attack} on {defense}: {a.robust_accuracy:.3f} at {a.eps_label} < "
                            f"{b.robust_accuracy:.3f} at {b.eps_label}")
@@ -111,6 +118,10 @@ def check_whitebox_vs_weaker(rows: list[ResultRow]) -> Check:
 
 def _iterative(r: ResultRow) -> bool:
     from .registry import ATTACKS
+    if r.attack_name.startswith("suite:"):
+        return True
+    if r.attack_name not in ATTACKS:
+        return False
     return bool(getattr(ATTACKS.get(r.attack_name), "iterative", False))
 
 
@@ -186,3 +197,213 @@ def probe_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, defense: str
 def worst(statuses: Iterable[str]) -> str:
     order = {"fail": 3, "warn": 2, "pass": 1, "skip": 0}
     return max(statuses, key=lambda s: order[s], default="skip")
+
+
+# ---------------------------------------------------------------------------- extra attack runs
+#
+# Two checks need attacks that the scenario did not ask for. The runner schedules them as extra
+# jobs (labelled ``check-...``), runs them through the same budget-enforcing path as every other
+# job on a subset of at most ``evaluation.checks.samples`` samples, and hands the records back to
+# :func:`evaluate_extra_jobs`.
+
+LARGE_EPS = "large_eps"
+MORE_STEPS = "more_steps"
+
+
+@dataclass(eq=False)
+class ExtraJob:
+    check: str                       # LARGE_EPS | MORE_STEPS
+    defense: DefenseSpec
+    attack: AttackSpec
+    eps: float
+    mask: torch.Tensor               # the samples to attack
+    key_material: dict[str, Any]     # what the job's content key covers besides the run context
+    base_robust: torch.Tensor | None = None  # MORE_STEPS: the scenario job's per-sample outcome
+    base_label: str = ""
+    chance: float = 0.0  # LARGE_EPS: the largest class share among the samples (a robust
+    # classifier could at best keep the samples of the class every image can be pushed into)
+
+
+def _suffix(defense: str) -> str:
+    return f" ({defense})" if defense != "none" else ""
+
+
+def _first_n(mask: torch.Tensor, n: int) -> torch.Tensor:
+    out = torch.zeros_like(mask)
+    out[mask.nonzero().squeeze(1)[:n]] = True
+    return out
+
+
+def pick_more_steps_attack(s: Scenario) -> AttackSpec | None:
+    """The attack the more-steps check re-runs: the configured one, else the first iterative
+    white-box attack that has an iteration or restart parameter."""
+    from .registry import ATTACKS
+
+    cfg = s.evaluation.checks.more_steps
+    for a in s.attacks:
+        if a.suite is not None or a.name is None:
+            continue
+        if cfg.attack is not None:
+            if a.key == cfg.attack:
+                return a
+            continue
+        cls = ATTACKS.get(a.name)
+        if cls.kind == "white-box" and cls.iterative and \
+                cls.stronger_params(a.params, cfg.factor, cfg.extra_restarts) is not None:
+            return a
+    return None
+
+
+def plan_extra_jobs(s: Scenario,
+                    records: list[tuple[DefenseSpec, AttackSpec, float, dict[str, Any]]],
+                    labels: torch.Tensor, correct: dict[str, torch.Tensor],
+                    pixels: int = 0) -> list[ExtraJob]:
+    """The extra jobs for the large-eps and more-steps checks, per defense.
+
+    ``records`` are the scenario's finished jobs (defense, attack, eps, record); ``correct`` the
+    clean-correct mask per defense; ``pixels`` the number of values per image (for the default
+    L2 large eps).
+    """
+    from .registry import ATTACKS
+
+    cfg = s.evaluation.checks
+    n = cfg.samples
+    plan: list[ExtraJob] = []
+    first = torch.zeros(labels.shape[0], dtype=torch.bool)
+    first[:n] = True
+    subset = labels[:n]
+    chance = float(torch.bincount(subset).max()) / max(int(subset.numel()), 1) \
+        if subset.numel() else 0.0
+    for d in s.defenses:
+        if cfg.large_eps.enabled:
+            big = cfg.large_eps
+            eps = big.eps if big.eps is not None else \
+                0.5 if big.norm is Norm.linf else 0.5 * math.sqrt(pixels)
+            # No random start: with a huge ball, random noise alone would hide zero gradients.
+            spec = AttackSpec(name="pgd", label="check-large-eps", norm=big.norm, eps=[eps],
+                              params={"steps": big.steps, "random_start": False})
+            plan.append(ExtraJob(LARGE_EPS, d, spec, eps, first & correct[d.key],
+                                 {"check": LARGE_EPS, "defense": d.model_dump(mode="json"),
+                                  "attack": spec.model_dump(mode="json"), "samples": n},
+                                 chance=chance))
+        base = pick_more_steps_attack(s) if cfg.more_steps.enabled else None
+        if base is None:
+            continue
+        more = cfg.more_steps
+        stronger = ATTACKS.get(str(base.name)).stronger_params(base.params, more.factor,
+                                                                more.extra_restarts)
+        candidates = [(eps, rec) for dd, a, eps, rec in records
+                      if dd.key == d.key and a.key == base.key]
+        if stronger is None or not candidates:
+            continue
+
+        def balance(item: tuple[float, dict[str, Any]]) -> int:
+            rec = item[1]
+            att = torch.tensor(rec["attacked"], dtype=torch.bool)
+            broken = int((att & ~torch.tensor(rec["robust"], dtype=torch.bool)).sum())
+            return min(broken, int(att.sum()) - broken)
+
+        # The eps where the attack broke about half of what it attacked says the most.
+        eps, rec = max(candidates, key=balance)
+        attacked = torch.tensor(rec["attacked"], dtype=torch.bool)
+        mask = _first_n(attacked, n)
+        spec = AttackSpec(name=base.name, label=f"check-more-steps.{base.key}", norm=base.norm,
+                          eps=[eps], params=stronger)
+        plan.append(ExtraJob(MORE_STEPS, d, spec, eps, mask,
+                             {"check": MORE_STEPS, "defense": d.model_dump(mode="json"),
+                              "attack": spec.model_dump(mode="json"), "base": rec["key"],
+                              "samples": n},
+                             base_robust=torch.tensor(rec["robust"], dtype=torch.bool),
+                             base_label=base.key))
+    return plan
+
+
+def evaluate_extra_jobs(s: Scenario, done: list[tuple[ExtraJob, dict[str, Any]]]
+                        ) -> list[Check]:
+    """Checks from the extra jobs' records; ``skip`` entries for disabled checks."""
+    cfg = s.evaluation.checks
+    out: list[Check] = []
+    if not cfg.large_eps.enabled:
+        out.append(Check(name=LARGE_EPS, status="skip",
+                         message="disabled in evaluation.checks.large_eps"))
+    if not cfg.more_steps.enabled:
+        out.append(Check(name=MORE_STEPS, status="skip",
+                         message="disabled in evaluation.checks.more_steps"))
+    elif not any(ej.check == MORE_STEPS for ej, _ in done):
+        out.append(Check(name=MORE_STEPS, status="skip",
+                         message="no iterative white-box attack with a steps or restarts "
+                         "parameter to re-run"))
+    for ej, rec in done:
+        robust = torch.tensor(rec["robust"], dtype=torch.bool)
+        if ej.check == LARGE_EPS:
+            out.append(check_large_eps(ej, robust))
+        else:
+            out.append(check_more_steps(ej, robust, rec.get("params", {})))
+    return out
+
+
+def check_large_eps(ej: ExtraJob, robust: torch.Tensor) -> Check:
+    """Accuracy under an absurd budget must fall to about chance."""
+    name = f"{LARGE_EPS}{_suffix(ej.defense.key)}"
+    labels_n = min(int(ej.key_material["samples"]), robust.shape[0])
+    acc = int(robust[:labels_n].sum()) / labels_n if labels_n else 0.0
+    budget = f"PGD at eps {format_eps(ej.eps)} ({ej.attack.norm.value})"
+    bound = ej.chance
+    details = {"robust_accuracy": acc, "n": labels_n, "eps": ej.eps,
+               "norm": ej.attack.norm.value, "chance": bound}
+    if acc <= bound + max(1.0 / max(labels_n, 1), 0.02):
+        return Check(name=name, status="pass", message=f"{budget} drives accuracy to "
+                     f"{acc:.1%} on {labels_n} samples (chance {bound:.0%}): attacks can reach "
+                     "the model", details=details)
+    status = "warn" if acc <= 2 * bound else "fail"
+    return Check(name=name, status=status, message=f"{budget} still leaves {acc:.1%} accuracy "
+                 f"on {labels_n} samples (chance {bound:.0%}): even an absurd budget cannot move "
+                 "this model, a sign of masked gradients; its robust accuracies are not "
+                 "trustworthy", details=details)
+
+
+def sign_test(b: int, c: int) -> float:
+    """Two-sided exact sign (McNemar) test p-value for ``b`` vs ``c`` discordant pairs."""
+    m = b + c
+    if m == 0:
+        return 1.0
+    tail = sum(math.comb(m, i) for i in range(min(b, c) + 1)) / 2**m
+    return min(1.0, 2 * tail)
+
+
+def check_more_steps(ej: ExtraJob, robust: torch.Tensor, params: dict[str, Any]) -> Check:
+    """More iterations and restarts must not change the attack's success beyond noise.
+
+    Both runs attack the same samples, so they are compared pairwise: ``b`` samples broken only
+    by the stronger run, ``c`` only by the configured one, and an exact sign test on them. A
+    significant difference fails (more found: the attack had not converged; fewer: more
+    compute made it weaker); a difference within the noise warns.
+    """
+    name = f"{MORE_STEPS}{_suffix(ej.defense.key)}"
+    assert ej.base_robust is not None
+    n = int(ej.mask.sum())
+    if n == 0:
+        return Check(name=name, status="skip", message=f"{ej.base_label} left no sample to "
+                     "re-attack at any eps")
+    base_broken = ej.mask & ~ej.base_robust
+    more_broken = ej.mask & ~robust
+    b = int((more_broken & ~base_broken).sum())
+    c = int((base_broken & ~more_broken).sum())
+    p0, p1 = int(base_broken.sum()) / n, int(more_broken.sum()) / n
+    p_value = sign_test(b, c)
+    what = (f"{ej.base_label} at {format_eps(ej.eps)} with {ej.attack.params} broke "
+            f"{p1:.1%} of {n} samples vs {p0:.1%} as configured")
+    details = {"n": n, "base_success": p0, "more_success": p1, "only_more": b, "only_base": c,
+               "p_value": p_value, "eps": ej.eps, "params": params}
+    if abs(p1 - p0) <= _tolerance(n):
+        return Check(name=name, status="pass", message=f"{what}: the attack has converged",
+                     details=details)
+    if p_value >= 0.05:
+        return Check(name=name, status="warn", message=f"{what}: within noise (sign test "
+                     f"p={p_value:.2f}), but not identical", details=details)
+    if p1 > p0:
+        return Check(name=name, status="fail", message=f"{what} (p={p_value:.2g}): the attack "
+                     "had not converged, so the reported robust accuracy overstates robustness; "
+                     "raise its steps or restarts", details=details)
+    return Check(name=name, status="fail", message=f"{what} (p={p_value:.2g}): more compute "
+                 "made the attack weaker, a sign of noisy or masked gradients", details=details)

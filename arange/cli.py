@@ -12,9 +12,13 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import ArangeError
+
+if TYPE_CHECKING:
+    from .gates import Evidence, Rule
 
 log = logging.getLogger("arange")
 
@@ -41,13 +45,63 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--strict", action="store_true",
                    help="exit 1 when any evaluation-validity check fails")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--gate", action="store_true",
+                   help="evaluate the scenario's gates after the run; exit 1 if one fails")
+    _add_gate_options(r)
+
+    g = sub.add_parser("gate", help="evaluate the scenario's gates on a scorecard "
+                       "(exit 0 pass, 1 fail, 2 bad input)")
+    g.add_argument("scorecard", help="scorecard.json or the run folder holding it")
+    _add_gate_options(g)
+
+    b = sub.add_parser("baseline", help="record or show the accepted scorecard that "
+                       "regression gates compare against")
+    bsub = b.add_subparsers(dest="baseline_command", required=True, parser_class=_Parser)
+    bs = bsub.add_parser("save", help="write a baseline file from a scorecard")
+    bs.add_argument("scorecard", help="scorecard.json or the run folder holding it")
+    bs.add_argument("--out", help="baseline file (default: baselines/<scenario name>.json "
+                    "next to the scenario file)")
+    bw = bsub.add_parser("show", help="summarise a baseline file")
+    bw.add_argument("baseline")
 
     v = sub.add_parser("validate", help="check a scenario file without running it")
     v.add_argument("scenario")
 
     ls = sub.add_parser("list", help="list registered components")
     ls.add_argument("kind", choices=["models", "datasets", "attacks", "defenses"])
+
+    d = sub.add_parser("dashboard", help="browse scorecards in a local web app (Streamlit)")
+    d.add_argument("--runs", default="runs",
+                   help="folder holding run folders (default: runs)")
+    d.add_argument("--port", type=_port, default=8501, help="port (default 8501)")
+    d.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only; the dashboard "
+                   "has no login, so only widen this on a trusted network)")
     return p
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 1-65535 (got {port})")
+    return port
+
+
+def _add_gate_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--baseline", help="baseline file ('arange baseline save') or scorecard "
+                   "that max_drop rules compare against")
+    p.add_argument("--junit", help="write a JUnit XML report (one test case per rule)")
+    p.add_argument("--markdown", help="write a Markdown summary for a pull-request comment")
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="significance level of regression tests (default 0.05)")
+    p.add_argument("--correction", choices=["holm", "none"], default="holm",
+                   help="multiple-testing correction over regression checks (default holm)")
+    p.add_argument("--allow-failed-checks", action="store_true",
+                   help="do not fail the gate when the scorecard's evaluation-validity checks "
+                   "failed")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,6 +115,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_validate(args)
         if args.command == "list":
             return _cmd_list(args)
+        if args.command == "dashboard":
+            return _cmd_dashboard(args)
+        if args.command == "gate":
+            return _cmd_gate(args)
+        if args.command == "baseline":
+            return _cmd_baseline(args)
     except ArangeError as e:
         print(f"arange: error: {e}", file=sys.stderr)
         return 2
@@ -98,6 +158,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     s = load_scenario(args.scenario)
     out = Path(args.out) if args.out else Path("runs") / s.name
+    reference = _check_gate_request(args, s)  # bad rules or baseline fail before any compute
     if args.fresh and (out / "jobs").is_dir():
         shutil.rmtree(out / "jobs")
     options = {"device": args.device, "progress": not args.quiet, "scenario_path": args.scenario}
@@ -111,10 +172,125 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(task.summary(card))
     print(f"\nscorecard: {out / 'scorecard.json'}")
     failed = [c for c in card.checks if c.status == "fail"]
+    status = 0
     if args.strict and failed:
         print(f"arange: {len(failed)} validity check(s) failed (--strict)", file=sys.stderr)
-        return 1
+        status = 1
+    if args.gate:
+        from .gates import load_scorecard_evidence, parse_rules
+        current = load_scorecard_evidence(out / "scorecard.json")
+        status = max(status, _report_gate(args, current, parse_rules(current.card,
+                                                                     current.source), reference))
+    return status
+
+
+def _check_gate_request(args: argparse.Namespace, s: object) -> Evidence | None:
+    """For ``run --gate``: check the rules and load the baseline; returns the baseline."""
+    given = [f"--{k}" for k in ("baseline", "junit", "markdown") if getattr(args, k)]
+    if not args.gate:
+        if given:
+            raise ArangeError(f"{', '.join(given)} only apply with --gate")
+        return None
+    from .gates import GateError, load_reference, rules_from_list
+    raw = [g.model_dump() if hasattr(g, "model_dump") else g for g in getattr(s, "gates", [])]
+    rules = rules_from_list(raw, str(getattr(s, "task", "classification")),
+                            f"{args.scenario}: gates")
+    if not rules:
+        raise GateError(f"{args.scenario}: --gate needs a gates: list in the scenario "
+                        "(see docs/ci.md)")
+    drop = [r for r in rules if r.max_drop is not None]
+    if drop and not args.baseline:
+        raise GateError(f"{args.scenario}: rule {drop[0].name!r} has max_drop, which needs "
+                        "--baseline FILE (record one with 'arange baseline save SCORECARD')")
+    if not args.baseline:
+        return None
+    reference = load_reference(args.baseline)
+    name, task = getattr(s, "name", None), getattr(s, "task", "classification")
+    if (reference.name, reference.task) != (name, task):
+        raise GateError(f"{reference.source}: the baseline is for scenario {reference.name!r} "
+                        f"({reference.task}) but {args.scenario} is {name!r} ({task}); give "
+                        "the baseline of this scenario")
+    return reference
+
+
+def _report_gate(args: argparse.Namespace, current: Evidence, rules: list[Rule],
+                 reference: Evidence | None) -> int:
+    from .gates import evaluate, write_outputs
+    report = evaluate(current, rules, reference, alpha=args.alpha, correction=args.correction,
+                      allow_failed_checks=args.allow_failed_checks)
+    print(report.to_text())
+    write_outputs(report, args.junit, args.markdown)
+    for what, path in (("junit", args.junit), ("markdown", args.markdown)):
+        if path:
+            print(f"gate {what}: {path}")
+    return 0 if report.passed else 1
+
+
+def _cmd_gate(args: argparse.Namespace) -> int:
+    from .gates import load_reference, load_scorecard_evidence, parse_rules
+    current = load_scorecard_evidence(args.scorecard)
+    rules = parse_rules(current.card, current.source)
+    reference = load_reference(args.baseline) if args.baseline else None
+    return _report_gate(args, current, rules, reference)
+
+
+def _cmd_baseline(args: argparse.Namespace) -> int:
+    from .baseline import describe, load_baseline, save_baseline
+    if args.baseline_command == "save":
+        path = save_baseline(args.scorecard, args.out)
+        print(f"baseline: {path}")
+        return 0
+    print(describe(load_baseline(args.baseline)))
     return 0
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    import os
+    import signal
+    import socket
+    import subprocess
+    import threading
+
+    from .dashboard import RUNS_ENV, streamlit_command
+
+    runs = Path(args.runs).expanduser()
+    if runs.exists() and not runs.is_dir():
+        raise ArangeError(f"--runs {runs}: not a folder; give the folder that holds the run "
+                          "folders (default: runs)")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
+            probe.bind((args.host, args.port))
+    except OSError as e:
+        raise ArangeError(f"--host {args.host} --port {args.port}: cannot listen there ({e}); "
+                          "pick another port with --port") from e
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("the dashboard has no login: anyone who can reach %s:%d can read these "
+                    "scorecards", args.host, args.port)
+    env = dict(os.environ, **{RUNS_ENV: str(runs.resolve())})
+    cmd = [sys.executable, "-m", "streamlit", *streamlit_command(args.host, args.port)]
+    log.info("dashboard for %s on http://%s:%d (Ctrl-C stops it)", runs, args.host, args.port)
+    proc = subprocess.Popen(cmd, env=env)
+    stopping: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:  # stop the server with us, never orphan it
+        stopping.append(signum)
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    handled = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP")
+                                                 else [])
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, forward) for sig in handled}
+    try:
+        code = proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=30)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0 if stopping else code
 
 
 def format_summary(card: object) -> str:

@@ -54,7 +54,7 @@ def _ensure_loaded() -> None:
 
 def suggest(name: str, choices: list[str]) -> str:
     """``"; did you mean 'x'?"`` for the closest match, or an empty string."""
-    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
+    close = difflib.get_close_matches(name, choices, n=2, cutoff=0.6)
     if not close:
         return ""
     return "; did you mean " + " or ".join(repr(c) for c in close) + "?"
@@ -91,6 +91,10 @@ class Registry(Generic[T]):
         doc = description or (inspect.getdoc(obj) or "").split("\n")[0]
         self._entries[name] = Entry(name, obj, doc)
 
+    def remove(self, name: str) -> None:
+        """Unregister ``name`` (for plugins that replace themselves, and tests)."""
+        self._entries.pop(name, None)
+
     def names(self) -> list[str]:
         _ensure_loaded()
         return sorted(self._entries)
@@ -110,9 +114,10 @@ class Registry(Generic[T]):
             return self._entries[name].obj
         except KeyError:
             names = sorted(self._entries)
+            listing = f"available: {', '.join(names)}" if len(names) <= 8 \
+                else f"run 'arange list {self.kind}s' to see them all"
             raise RegistryError(
-                f"unknown {self.kind} {name!r}{suggest(name, names)} "
-                f"(available: {', '.join(names)})") from None
+                f"unknown {self.kind} {name!r}{suggest(name, names)} ({listing})") from None
 
     def describe(self, name: str) -> str:
         self.get(name)

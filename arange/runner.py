@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from . import __version__
 from .attacks.base import Misclassification, input_gradients_only
-from .checks import probe_model, run_row_checks
+from .checks import ExtraJob, evaluate_extra_jobs, plan_extra_jobs, probe_model, run_row_checks
 from .data import ImageDataset, load_dataset
 from .errors import ArangeError
 from .expr import format_eps
@@ -102,33 +102,63 @@ class Job:
     attack: AttackSpec
     eps: float
     key: str
+    suite: str | None = None  # the suite entry's label when this job is one of its components
 
     @property
     def job_id(self) -> str:
         eps = format_eps(self.eps).replace("/", "_")
-        return f"{self.defense.key}__{self.attack.key}__{self.attack.norm.value}-{eps}"
+        attack = self.attack.key.replace("/", "_")
+        return f"{self.defense.key}__{attack}__{self.attack.norm.value}-{eps}"
+
+
+def _job_context(s: Scenario, weights_sha: str, data_fp: str) -> dict[str, Any]:
+    """What every job key covers besides the job itself."""
+    return {"arange": __version__, "format": JOB_FORMAT, "weights": weights_sha,
+            "data": data_fp, "seed": s.seed, "batch_size": s.target.batch_size,
+            "quantize": s.target.quantize, "cascade": s.evaluation.cascade}
+
+
+def _content_key(spec: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def suite_components(a: AttackSpec) -> list[AttackSpec]:
+    """A suite entry's component attacks as attack entries labelled ``<suite label>/<name>``."""
+    from .attacks.suites import SUITES
+
+    suite = SUITES.create(str(a.suite), **a.params)
+    return [AttackSpec(name=c.attack, label=f"{a.key}/{c.label}", norm=a.norm, eps=a.eps,
+                       params=c.params) for c in suite.components(a.norm)]
 
 
 def expand_jobs(s: Scenario, weights_sha: str, data_fp: str) -> list[Job]:
     """defense x attack x eps, each with a content key; in cascade mode a job's key also covers
-    the jobs before it in the same (defense, norm, eps) cell, whose outcomes it depends on."""
-    base = {"arange": __version__, "format": JOB_FORMAT, "weights": weights_sha,
-            "data": data_fp, "seed": s.seed, "batch_size": s.target.batch_size,
-            "quantize": s.target.quantize, "cascade": s.evaluation.cascade}
+    the jobs before it in the same (defense, norm, eps) cell, whose outcomes it depends on. A
+    suite entry expands into one job per component; components always cascade within the suite
+    (each attacks what the ones before it left unbroken), so their keys cover their
+    predecessors too."""
+    base = _job_context(s, weights_sha, data_fp)
     jobs: list[Job] = []
     chain: dict[tuple[str, str, float], list[str]] = {}
     for d in s.defenses:
         for a in s.attacks:
+            components = suite_components(a) if a.suite is not None else [a]
             for eps in a.eps:
                 cell = (d.key, a.norm.value, eps)
                 before = chain.setdefault(cell, []) if s.evaluation.cascade else []
-                spec = {**base, "defense": d.model_dump(mode="json"),
-                        "attack": a.model_dump(mode="json", exclude={"eps"}), "eps": eps,
-                        "after": list(before)}
-                key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
-                jobs.append(Job(d, a, eps, key))
-                if s.evaluation.cascade:
-                    before.append(key)
+                inside: list[str] = list(before)
+                for c in components:
+                    spec = {**base, "defense": d.model_dump(mode="json"),
+                            "attack": c.model_dump(mode="json", exclude={"eps"}), "eps": eps,
+                            "after": list(inside if a.suite is not None else before)}
+                    if a.suite is not None:
+                        spec["suite"] = a.model_dump(mode="json", exclude={"eps"})
+                    key = _content_key(spec)
+                    jobs.append(Job(d, c, eps, key, suite=a.key if a.suite is not None
+                                    else None))
+                    inside.append(key)
+                    if s.evaluation.cascade:
+                        before.append(key)
     return jobs
 
 
@@ -155,7 +185,8 @@ def run_job(job: Job, model: nn.Module, data: ImageDataset, attack_mask: torch.T
     queries = torch.zeros(n)
     idx_all = attack_mask.nonzero().squeeze(1)
     bs = s.target.batch_size
-    examples: dict[str, list[np.ndarray]] = {"index": [], "clean": [], "adv": []}
+    examples: dict[str, list[np.ndarray]] = {"index": [], "clean": [], "adv": [],
+                                             "clean_prob": [], "adv_prob": []}
     t0 = time.perf_counter()
     for start in range(0, idx_all.numel(), bs):
         idx = idx_all[start:start + bs]
@@ -164,7 +195,8 @@ def run_job(job: Job, model: nn.Module, data: ImageDataset, attack_mask: torch.T
             result = attack.run(model, xb, yb, threat, objective, gen)
         enf = enforce(xb, result.x_adv, threat)
         with torch.inference_mode():
-            pred = model(enf.x_adv).argmax(1).cpu()
+            logits = model(enf.x_adv)
+            pred = logits.argmax(1).cpu()
         adv_pred[idx] = pred
         perturbation[idx] = enf.perturbation.float().cpu()
         violations[idx] = enf.violations.cpu()
@@ -175,6 +207,9 @@ def run_job(job: Job, model: nn.Module, data: ImageDataset, attack_mask: torch.T
             examples["index"].extend(idx[:take].tolist())
             examples["clean"].extend(_to_uint8(xb[:take]))
             examples["adv"].extend(_to_uint8(enf.x_adv[:take]))
+            with torch.inference_mode():  # confidences for the dashboard's gallery
+                examples["clean_prob"].extend(_probs(model(xb[:take])))
+            examples["adv_prob"].extend(_probs(logits[:take]))
         if bar is not None:
             bar.update(int(idx.numel()))
     seconds = time.perf_counter() - t0
@@ -195,6 +230,10 @@ def _to_uint8(x: torch.Tensor) -> list[np.ndarray]:
     return list(arr)
 
 
+def _probs(logits: torch.Tensor) -> list[np.ndarray]:
+    return list(logits.float().softmax(1).cpu().numpy().astype(np.float32))
+
+
 def _save_examples(path: Path, record: dict[str, Any], data: ImageDataset,
                    clean_pred: torch.Tensor) -> None:
     ex = record.pop("_examples")
@@ -205,7 +244,8 @@ def _save_examples(path: Path, record: dict[str, Any], data: ImageDataset,
     buf = io.BytesIO()
     np.savez_compressed(buf, index=idx, clean=np.stack(ex["clean"]), adv=np.stack(ex["adv"]),
                         label=data.y.numpy()[idx], clean_pred=clean_pred.numpy()[idx],
-                        adv_pred=np.asarray(record["adv_pred"], dtype=np.int64)[idx])
+                        adv_pred=np.asarray(record["adv_pred"], dtype=np.int64)[idx],
+                        clean_prob=np.stack(ex["clean_prob"]), adv_prob=np.stack(ex["adv_prob"]))
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -315,10 +355,13 @@ def run_scenario(s: Scenario, out: str | Path | None = None, *, device: str | No
     correct = {k: v == data.y for k, v in clean_pred.items()}
     total = sum(int(correct[j.defense.key].sum()) for j in todo)
     bar = tqdm(total=total, desc="attacking", unit="img", disable=not progress, dynamic_ncols=True)
+    suite_left: dict[tuple[tuple[str, str, float], str], torch.Tensor] = {}
     for job in jobs:
         cell = (job.defense.key, job.attack.norm.value, job.eps)
         mask = remaining.get(cell, correct[job.defense.key]) if s.evaluation.cascade \
             else correct[job.defense.key]
+        if job.suite is not None:  # suite components attack what earlier components left
+            mask = suite_left.get((cell, job.suite), mask)
         path = jobs_dir / f"{job.job_id}.json"
         rec = finished.get(job.key)
         if rec is None:
@@ -331,17 +374,22 @@ def run_scenario(s: Scenario, out: str | Path | None = None, *, device: str | No
         records.append((job, rec))
         if s.evaluation.cascade:
             remaining[cell] = torch.tensor(rec["robust"], dtype=torch.bool)
+        if job.suite is not None:
+            suite_left[(cell, job.suite)] = torch.tensor(rec["robust"], dtype=torch.bool)
     bar.close()
 
-    rows = [_row(j, r, data, clean_acc[j.defense.key], s.evaluation.cascade)
-            for j, r in records]
+    rows, suite_samples = _rows_with_suites(records, data, clean_acc, s)
     worst = _worst_case(records, data, s)
-    checks = run_row_checks(rows) + checks
+    extra = _run_extra_jobs(s, records, rows, defended, data, correct, clean_pred, dev,
+                            jobs_dir, resume, _job_context(s, target.weights_sha256, data_fp))
+    checks = run_row_checks(rows) + checks + evaluate_extra_jobs(s, extra)
 
     samples = {"schema_version": 1, "n": len(data), "labels": data.y.tolist(),
                "clean_pred": {k: v.tolist() for k, v in clean_pred.items()},
                "jobs": {j.job_id: {"robust": r["robust"], "adv_pred": r["adv_pred"],
-                                   "perturbation": r["perturbation"]} for j, r in records}}
+                                   "perturbation": r["perturbation"],
+                                   "attacked": r["attacked"]} for j, r in records}}
+    samples["jobs"].update(suite_samples)
     atomic_write_json(out_dir / "samples.json", samples)
 
     end = dt.datetime.now(dt.timezone.utc)
@@ -359,6 +407,102 @@ def run_scenario(s: Scenario, out: str | Path | None = None, *, device: str | No
                      files={"samples": "samples.json", "examples": "examples"})
     card.save(out_dir / "scorecard.json")
     return card
+
+
+def _rows_with_suites(records: list[tuple[Job, dict[str, Any]]], data: ImageDataset,
+                      clean_acc: dict[str, float], s: Scenario
+                      ) -> tuple[list[ResultRow], dict[str, dict[str, Any]]]:
+    """Result rows in job order; after the components of each suite run, a row for the suite as a
+    whole (its per-sample worst case). Component rows are cumulative within their suite."""
+    rows: list[ResultRow] = []
+    suite_samples: dict[str, dict[str, Any]] = {}
+    group: list[tuple[Job, dict[str, Any]]] = []
+
+    def flush() -> None:
+        if group:
+            row, per_sample = _suite_row(group, data, clean_acc[group[0][0].defense.key], s)
+            rows.append(row)
+            suite_samples[row.job_id] = per_sample
+            group.clear()
+
+    for job, rec in records:
+        if group and (job.suite is None or (job.defense.key, job.suite, job.eps) != (
+                group[0][0].defense.key, group[0][0].suite, group[0][0].eps)):
+            flush()
+        rows.append(_row(job, rec, data, clean_acc[job.defense.key],
+                         s.evaluation.cascade or job.suite is not None))
+        if job.suite is not None:
+            group.append((job, rec))
+    flush()
+    return rows, suite_samples
+
+
+def _suite_row(group: list[tuple[Job, dict[str, Any]]], data: ImageDataset, clean_acc: float,
+               s: Scenario) -> tuple[ResultRow, dict[str, Any]]:
+    """The suite as one attack: robust where every component failed; each broken sample keeps
+    the perturbation and prediction of the component that broke it."""
+    first_job = group[0][0]
+    spec = next(a for a in s.attacks if a.suite is not None and a.key == first_job.suite)
+    n = len(data)
+    attacked = torch.tensor(group[0][1]["attacked"], dtype=torch.bool)
+    robust = torch.tensor(group[-1][1]["robust"], dtype=torch.bool)
+    pert = torch.zeros(n)
+    adv_pred = torch.tensor(group[0][1]["adv_pred"])
+    violations = 0
+    for _, rec in group:  # later components only attack what earlier ones left unbroken
+        att = torch.tensor(rec["attacked"], dtype=torch.bool)
+        pert[att] = torch.tensor(rec["perturbation"])[att]
+        adv_pred[att] = torch.tensor(rec["adv_pred"])[att]
+        violations += int(torch.tensor(rec["violations"]).sum())
+    from .attacks.suites import SUITES
+    params = SUITES.create(str(spec.suite), **spec.params).params()
+    n_att = int(attacked.sum())
+    k = int(robust.sum())
+    eps_label = format_eps(first_job.eps)
+    job_id = f"{first_job.defense.key}__{spec.key}__{spec.norm.value}-" \
+        f"{eps_label.replace('/', '_')}"
+    row = ResultRow(
+        job_id=job_id, defense=first_job.defense.key, attack=spec.key,
+        attack_name=f"suite:{spec.suite}", kind="white-box", norm=spec.norm.value,
+        eps=first_job.eps, eps_label=eps_label, params=params, n=n, n_attacked=n_att,
+        cumulative=s.evaluation.cascade, clean_accuracy=clean_acc, robust_accuracy=k / n,
+        robust_accuracy_ci=wilson_interval(k, n),
+        attack_success_rate=int((attacked & ~robust).sum()) / n_att if n_att else 0.0,
+        perturbation_max=float(pert[attacked].max()) if n_att else 0.0,
+        perturbation_mean=float(pert[attacked].mean()) if n_att else 0.0,
+        budget_violations=violations, queries_mean=None,
+        seconds=round(sum(float(r["seconds"]) for _, r in group), 4))
+    return row, {"robust": robust.tolist(), "adv_pred": adv_pred.tolist(),
+                 "perturbation": pert.tolist(), "attacked": attacked.tolist()}
+
+
+def _run_extra_jobs(s: Scenario, records: list[tuple[Job, dict[str, Any]]],
+                    rows: list[ResultRow], defended: dict[str, nn.Module], data: ImageDataset,
+                    correct: dict[str, torch.Tensor], clean_pred: dict[str, torch.Tensor],
+                    dev: torch.device, jobs_dir: Path, resume: bool, context: dict[str, Any]
+                    ) -> list[tuple[ExtraJob, dict[str, Any]]]:
+    """Run the attack jobs that validity checks need (a large-eps sanity run, a re-run with more
+    steps), on a subset of samples, through the same path as every other job; they are labelled
+    ``check-...`` in ``jobs/`` and resume like the others."""
+    plan = plan_extra_jobs(s, [(j.defense, j.attack, j.eps, r) for j, r in records
+                               if j.suite is None], data.y, correct, int(data.x[0].numel()))
+    if plan:
+        log.info("validity checks: %d extra job(s) on at most %d samples each", len(plan),
+                 s.evaluation.checks.samples)
+    done = []
+    for ej in plan:
+        key = _content_key({**context, **ej.key_material})
+        job = Job(ej.defense, ej.attack, ej.eps, key)
+        path = jobs_dir / f"{job.job_id}.json"
+        rec = _load_job(path, key) if resume else None
+        if rec is None:
+            rec = run_job(job, defended[ej.defense.key], data, ej.mask,
+                          clean_pred[ej.defense.key], s, dev)
+            rec.pop("_examples", None)
+            rec["check"] = ej.check
+            atomic_write_json(path, rec)
+        done.append((ej, rec))
+    return done
 
 
 def _worst_case(records: list[tuple[Job, dict[str, Any]]], data: ImageDataset,

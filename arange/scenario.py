@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ParamError, RegistryError, ScenarioError
 from .expr import format_eps, parse_number
@@ -70,7 +77,10 @@ def _eps_list(value: Any) -> list[float]:
 
 
 class AttackSpec(_Strict):
-    name: str
+    """One attack entry: a registered attack (``name``) or a suite of them (``suite``)."""
+
+    name: str | None = None
+    suite: str | None = None  # e.g. "standard": a recipe run as a cascade (arange.attacks.suites)
     label: str | None = None
     norm: Norm = Norm.linf
     eps: list[float]
@@ -81,9 +91,19 @@ class AttackSpec(_Strict):
     def _parse_eps(cls, v: Any) -> list[float]:
         return _eps_list(v)
 
+    @model_validator(mode="after")
+    def _name_or_suite(self) -> AttackSpec:
+        if self.name is None and self.suite is None:
+            raise ValueError("needs 'name' (an attack, see 'arange list attacks') or 'suite' "
+                             "(e.g. suite: standard)")
+        if self.name is not None and self.suite is not None:
+            raise ValueError(f"give either 'name' or 'suite', not both (got name {self.name!r} "
+                             f"and suite {self.suite!r})")
+        return self
+
     @property
     def key(self) -> str:
-        return self.label or self.name
+        return self.label or self.name or self.suite or ""
 
 
 class DefenseSpec(_Strict):
@@ -118,8 +138,51 @@ class GateRule(_Strict):
         return None if v is None else parse_number(v)
 
 
+class LargeEpsCheck(_Strict):
+    """A PGD run at a budget so large that accuracy must fall to chance. The default eps (0.5
+    L-inf, or 0.5 * sqrt(pixels) L2) reaches the mid-grey image from every input, so at most one
+    class can stay robust."""
+
+    enabled: bool = True
+    eps: float | None = None
+    norm: Norm = Norm.linf
+    steps: int = Field(20, ge=1, le=100_000)
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _num(cls, v: Any) -> float | None:
+        return None if v is None else parse_number(v)
+
+
+class MoreStepsCheck(_Strict):
+    """Re-run one iterative attack with ``factor`` x the iterations and more restarts."""
+
+    enabled: bool = True
+    attack: str | None = None  # an attack label; default: the first iterative white-box one
+    factor: int = Field(2, ge=2, le=100)
+    extra_restarts: int = Field(1, ge=0, le=100)
+
+
+def _enabled_shorthand(v: Any) -> Any:
+    return {"enabled": v} if isinstance(v, bool) else v
+
+
+class ChecksConfig(_Strict):
+    """Validity checks that need extra attack runs; they run on a subset of the samples."""
+
+    samples: int = Field(128, ge=8, le=1_000_000)
+    large_eps: LargeEpsCheck = Field(default_factory=LargeEpsCheck)
+    more_steps: MoreStepsCheck = Field(default_factory=MoreStepsCheck)
+
+    @field_validator("large_eps", "more_steps", mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return _enabled_shorthand(v)
+
+
 class Evaluation(_Strict):
     cascade: bool = False  # attack only samples that earlier attacks left unbroken
+    checks: ChecksConfig = Field(default_factory=ChecksConfig)
 
 
 class Scenario(_Strict):
@@ -205,21 +268,30 @@ def scenario_from_dict(raw: Any, source: str = "<scenario>",
         scenario = Scenario.model_validate(raw)
     except ValidationError as e:
         raise ScenarioError(_format_validation(e, source)) from e
-    scenario = _resolve_paths(scenario, base_dir)
+    scenario = _resolve_paths(scenario, base_dir, source)
     validate_components(scenario, source)
     return scenario
 
 
-def _resolve_paths(s: Scenario, base_dir: Path | None) -> Scenario:
-    """Make relative weight and dataset paths relative to the scenario file."""
-    if base_dir is None:
-        return s
+def _resolve_paths(s: Scenario, base_dir: Path | None, source: str) -> Scenario:
+    """Make relative weight and dataset paths relative to the scenario file; check weights."""
     target = s.target
     updates: dict[str, Any] = {}
     if target.weights not in ("zoo", "random"):
         p = Path(target.weights).expanduser()
-        if not p.is_absolute():
-            updates["weights"] = str((base_dir / p).resolve())
+        if p.suffix not in WEIGHT_SUFFIXES:
+            raise _fail(source, "target.weights",
+                        f"use 'zoo', or a path ending in {', '.join(WEIGHT_SUFFIXES)} "
+                        f"(got {target.weights!r})")
+        if not p.is_absolute() and base_dir is not None:
+            p = (base_dir / p).resolve()
+        if not p.is_file():
+            raise _fail(source, "target.weights", f"file {target.weights!r} does not exist; "
+                        "give a path relative to the scenario file, or use 'zoo' to train one")
+        updates["weights"] = str(p)
+    if base_dir is None:
+        return s.model_copy(update={"target": target.model_copy(update=updates)}) \
+            if updates else s
     opts = dict(target.dataset.options)
     if isinstance(opts.get("root"), str) and not Path(opts["root"]).expanduser().is_absolute():
         opts["root"] = str((base_dir / opts["root"]).resolve())
@@ -234,22 +306,20 @@ def _fail(source: str, path: str, message: str) -> ScenarioError:
 
 
 def _check_component(registry: Any, name: str, params: dict[str, Any], source: str,
-                     path: str, exclude: tuple[str, ...] = ()) -> Any:
-    """Check that ``name`` is registered and ``params`` fit it; return the instance (if any)."""
+                     name_path: str, params_path: str, exclude: tuple[str, ...] = ()) -> Any:
+    """Check that ``name`` is registered and ``params`` fit it; return an instance when the
+    component can be built from ``params`` alone (``exclude`` lists arguments the runner
+    supplies, such as a model's input channels)."""
     try:
         factory = registry.get(name)
     except RegistryError as e:
-        raise _fail(source, f"{path}.name" if not path.endswith("model") else path,
-                    str(e)) from e
-    params_path = path.rsplit(".", 1)[0] + ".model_params" if path.endswith("model") \
-        else f"{path}.params"
+        raise _fail(source, name_path, str(e)) from e
     try:
-        if exclude:  # arguments the runner supplies (e.g. a model's channels) are not the user's
-            for key in params:
-                if key in exclude:
-                    raise ParamError(key, f"is set from the dataset; remove it")
+        if exclude:
             accepted = [p for p in accepted_params(factory) if p not in exclude]
             for key in params:
+                if key in exclude:
+                    raise ParamError(key, "is set from the dataset; remove it")
                 if key not in accepted:
                     raise ParamError(key, f"{registry.kind} {name!r} has no parameter {key!r}"
                                      f"{suggest(key, accepted)} (accepted: "
@@ -269,22 +339,15 @@ def validate_components(s: Scenario, source: str = "<scenario>") -> None:
     from .models.nets import DATA_ARGS
 
     t = s.target
-    _check_component(MODELS, t.model, t.model_params, source, "target.model", exclude=DATA_ARGS)
+    _check_component(MODELS, t.model, t.model_params, source, "target.model",
+                     "target.model_params", exclude=DATA_ARGS)
     _check_component(DATASETS, t.dataset.name, t.dataset.options, source,
-                     "target.dataset", exclude=())
-    if t.weights not in ("zoo", "random"):
-        p = Path(t.weights)
-        if p.suffix not in WEIGHT_SUFFIXES:
-            raise _fail(source, "target.weights",
-                        f"use 'zoo', or a path ending in {', '.join(WEIGHT_SUFFIXES)} "
-                        f"(got {t.weights!r})")
-        if not p.is_file():
-            raise _fail(source, "target.weights", f"file {t.weights} does not exist; give a "
-                        "path relative to the scenario file, or use 'zoo' to train one")
+                     "target.dataset.name", "target.dataset.options")
 
     seen: set[str] = set()
     for i, d in enumerate(s.defenses):
-        _check_component(DEFENSES, d.name, d.params, source, f"defenses[{i}]")
+        _check_component(DEFENSES, d.name, d.params, source, f"defenses[{i}].name",
+                         f"defenses[{i}].params")
         if d.key in seen:
             raise _fail(source, f"defenses[{i}]", f"{d.key!r} appears twice; give one a "
                         "distinct 'label'")
@@ -292,11 +355,15 @@ def validate_components(s: Scenario, source: str = "<scenario>") -> None:
 
     seen = set()
     for i, a in enumerate(s.attacks):
-        attack = _check_component(ATTACKS, a.name, a.params, source, f"attacks[{i}]")
-        norms = getattr(attack, "norms", (Norm.linf, Norm.l2))
-        if a.norm not in norms:
-            raise _fail(source, f"attacks[{i}].norm", f"{a.name} supports "
-                        f"{', '.join(n.value for n in norms)} (got {a.norm.value})")
+        if a.suite is not None:
+            _validate_suite(a, i, source)
+        else:
+            attack = _check_component(ATTACKS, a.name, a.params, source, f"attacks[{i}].name",
+                                      f"attacks[{i}].params")
+            norms = getattr(attack, "norms", (Norm.linf, Norm.l2))
+            if a.norm not in norms:
+                raise _fail(source, f"attacks[{i}].norm", f"{a.name} supports "
+                            f"{', '.join(n.value for n in norms)} (got {a.norm.value})")
         for j, eps in enumerate(a.eps):
             limit = 1.0 if a.norm is Norm.linf else 1000.0
             if not 0 < eps <= limit:
@@ -309,7 +376,47 @@ def validate_components(s: Scenario, source: str = "<scenario>") -> None:
                         "attack a distinct 'label'")
         seen.add(a.key)
 
+    _validate_checks(s, source)
     _validate_gates(s, source)
+
+
+def _validate_suite(a: AttackSpec, i: int, source: str) -> None:
+    """A suite entry: a known suite, parameters that fit it, components that support the norm."""
+    from .attacks.suites import SUITES
+
+    suite = _check_component(SUITES, str(a.suite), a.params, source, f"attacks[{i}].suite",
+                             f"attacks[{i}].params")
+    for comp in suite.components(a.norm):
+        try:
+            attack = ATTACKS.create(comp.attack, **comp.params)
+        except (RegistryError, ParamError) as e:  # a suite recipe that no longer fits
+            raise _fail(source, f"attacks[{i}]", f"suite {a.suite!r} component "
+                        f"{comp.label!r}: {e}") from e
+        if a.norm not in attack.norms:
+            raise _fail(source, f"attacks[{i}].norm", f"suite {a.suite!r} component "
+                        f"{comp.label!r} ({comp.attack}) does not support {a.norm.value}")
+
+
+def _validate_checks(s: Scenario, source: str) -> None:
+    checks = s.evaluation.checks
+    big = checks.large_eps
+    limit = 1.0 if big.norm is Norm.linf else 1000.0
+    if big.enabled and big.eps is not None and not 0 < big.eps <= limit:
+        raise _fail(source, "evaluation.checks.large_eps.eps",
+                    f"must be > 0 and <= {limit:g} for {big.norm.value} (got {big.eps:g})")
+    more = checks.more_steps
+    if more.enabled and more.attack is not None:
+        keys = [a.key for a in s.attacks if a.suite is None]
+        if more.attack not in keys:
+            raise _fail(source, "evaluation.checks.more_steps.attack",
+                        f"no attack {more.attack!r} in this scenario{suggest(more.attack, keys)}"
+                        f" (attacks: {', '.join(keys)})")
+        spec = next(a for a in s.attacks if a.suite is None and a.key == more.attack)
+        cls = ATTACKS.get(str(spec.name))
+        if cls.stronger_params(spec.params, more.factor, more.extra_restarts) is None:
+            raise _fail(source, "evaluation.checks.more_steps.attack",
+                        f"{spec.name} has no iteration or restart parameter to increase; name "
+                        "an iterative attack such as pgd or apgd")
 
 
 def _validate_gates(s: Scenario, source: str) -> None:
@@ -354,9 +461,11 @@ def _loc_str(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model class found by following ``loc`` from :class:`Scenario`."""
-    cur: Any = Scenario
+def _model_at(loc: tuple[Any, ...], root: type[BaseModel] | None = None
+              ) -> type[BaseModel] | None:
+    """The pydantic model class found by following ``loc`` from ``root`` (default
+    :class:`Scenario`; other tasks pass their own scenario model)."""
+    cur: Any = root or Scenario
     for part in loc:
         if isinstance(part, int):
             continue
@@ -381,12 +490,12 @@ def _unwrap(ann: Any) -> Any:
     return ann
 
 
-def _format_one(err: Any) -> tuple[str, str]:
+def _format_one(err: Any, root: type[BaseModel] | None = None) -> tuple[str, str]:
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
     kind = err["type"]
     if kind == "extra_forbidden":
         parent, key = loc[:-1], str(loc[-1])
-        model = _model_at(parent)
+        model = _model_at(parent, root)
         allowed = list(model.model_fields) if model else []
         hint = suggest(key, allowed)
         return _loc_str(loc), (f"unknown field {key!r}{hint}"
@@ -403,10 +512,14 @@ def _format_one(err: Any) -> tuple[str, str]:
     return _loc_str(loc) or "(top level)", msg
 
 
-def _format_validation(e: ValidationError, source: str) -> str:
+def _format_validation(e: ValidationError, source: str,
+                       root: type[BaseModel] | None = None) -> str:
+    """One ``file: path: message`` line per error; ``root`` is the scenario model that was
+    validated (default :class:`Scenario`), used to list the allowed fields."""
     lines = []
-    for err in e.errors():
-        path, msg = _format_one(err)
+    errors = sorted(e.errors(), key=lambda err: err["type"] != "extra_forbidden")
+    for err in errors:
+        path, msg = _format_one(err, root)
         line = f"{source}: {path}: {msg}"
         if line not in lines:
             lines.append(line)

@@ -17,7 +17,7 @@ from typing import Any
 from .registry import Registry
 
 # Modules that register extra tasks when imported.
-TASK_MODULES: tuple[str, ...] = ()
+TASK_MODULES: tuple[str, ...] = ("arange.hashing.task",)
 
 
 @dataclass(frozen=True)

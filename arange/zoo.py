@@ -109,7 +109,11 @@ def _shift(x: torch.Tensor, pixels: int, gen: torch.Generator) -> torch.Tensor:
     cols = (dx.view(n, 1) + torch.arange(w).view(1, w)).to(x.device)
     idx_n = torch.arange(n, device=x.device).view(n, 1, 1)
     out = padded.permute(0, 2, 3, 1)[idx_n, rows.view(n, h, 1), cols.view(n, 1, w)]
-    return out.permute(0, 3, 1, 2).contiguous()
+    # Copy into a fresh NCHW buffer: with one channel, .contiguous() would keep the ambiguous
+    # channels-last strides of the permuted view, which some CPU conv kernels mishandle.
+    result = torch.empty((n, x.shape[1], h, w), dtype=x.dtype, device=x.device)
+    result.copy_(out.permute(0, 3, 1, 2))
+    return result
 
 
 def train_classifier(model: nn.Module, data: ImageDataset, recipe: Recipe, seed: int,

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from arange.errors import ParamError
 from arange.threat import Norm, ThreatModel, enforce
@@ -73,6 +74,34 @@ class Attack(ABC):
     kind: ClassVar[str] = "white-box"  # white-box | black-box | noise | transfer
     iterative: ClassVar[bool] = False
     norms: ClassVar[tuple[Norm, ...]] = (Norm.linf, Norm.l2)
+    # Parameters that set the attack's compute (iterations / queries, and restarts); the
+    # "more steps" validity check doubles the former and adds to the latter.
+    step_params: ClassVar[tuple[str, ...]] = ("steps",)
+    restart_params: ClassVar[tuple[str, ...]] = ("restarts",)
+    # A cheap parameter set for contract tests (a handful of samples, a few iterations).
+    test_params: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def stronger_params(cls, params: dict[str, Any], factor: int = 2,
+                        extra_restarts: int = 1) -> dict[str, Any] | None:
+        """``params`` with ``factor`` times the iterations and ``extra_restarts`` more restarts,
+        or None when the attack has no such parameters (then the check is skipped)."""
+        if not cls.iterative:
+            return None
+        defaults = {p.name: p.default for p in inspect.signature(cls).parameters.values()
+                    if p.default is not inspect.Parameter.empty}
+        out, changed = dict(params), False
+        for key in cls.step_params:
+            value = params.get(key, defaults.get(key))
+            if isinstance(value, int) and not isinstance(value, bool):
+                out[key] = value * factor
+                changed = True
+        for key in cls.restart_params:
+            value = params.get(key, defaults.get(key))
+            if extra_restarts and isinstance(value, int) and not isinstance(value, bool):
+                out[key] = value + extra_restarts
+                changed = True
+        return out if changed else None
 
     @abstractmethod
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
@@ -88,6 +117,9 @@ class Attack(ABC):
                  seed: int | None = None) -> torch.Tensor:
         """Attack ``model`` on ``(x, y)`` and return budget-checked adversarial examples."""
         threat = ThreatModel(Norm(norm), float(eps))
+        if threat.norm not in self.norms:
+            raise ParamError("norm", f"{type(self).__name__} supports "
+                             f"{', '.join(n.value for n in self.norms)} (got {threat.norm.value})")
         gen = None
         if seed is not None:
             gen = torch.Generator(device=x.device).manual_seed(seed)

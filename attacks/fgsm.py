@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from arange.registry import register_attack
 from arange.threat import ThreatModel, project

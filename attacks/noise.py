@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from arange.registry import register_attack
 from arange.threat import Norm, ThreatModel
@@ -24,7 +24,7 @@ class UniformNoise(Attack):
     @torch.no_grad()
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
             objective: Objective, generator: torch.Generator | None = None) -> AttackResult:
-        best = x.clone()
+        best: torch.Tensor | None = None
         found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         view = (-1,) + (1,) * (x.dim() - 1)
         for _ in range(self.samples):
@@ -34,9 +34,9 @@ class UniformNoise(Attack):
                 n = d.flatten(1).norm(dim=1).clamp_min(1e-12).view(view)
                 cand = (x + d * (threat.eps / n)).clamp(*threat.bounds)
             ok = objective.success(model(cand), y) & ~found
-            best = torch.where(ok.view(view), cand, best)
+            # keep the first successful draw; unbroken samples keep the first draw
+            best = cand if best is None else torch.where(ok.view(view), cand, best)
             found |= ok
-            if self.samples == 1:
-                best = cand
+        assert best is not None  # samples >= 1 is checked at construction
         return AttackResult(best, queries=torch.full((x.shape[0],), self.samples,
                                                      device=x.device))

@@ -8,8 +8,10 @@ that are still unbroken.
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
-import torch.nn as nn
+from torch import nn
 
 from arange.registry import register_attack
 from arange.threat import ThreatModel, project
@@ -21,6 +23,7 @@ from .base import Attack, AttackResult, Objective, ascent_direction, check, rand
                  "random start, restarts on still-robust samples")
 class PGD(Attack):
     iterative = True
+    test_params: ClassVar[dict[str, Any]] = {"steps": 3}
 
     def __init__(self, steps: int = 10, rel_stepsize: float = 0.25,
                  abs_stepsize: float | None = None, random_start: bool = True,

@@ -1,0 +1,147 @@
+"""Baselines: the accepted scorecard, recorded in the repository for regression gates.
+
+``arange baseline save SCORECARD`` writes one small JSON file: the scorecard itself (so a diff
+shows which numbers moved) and, per table row and metric, the per-sample outcomes that the gate's
+paired test needs, one character per sample (``1``, ``0``, or ``-`` for a sample the metric does
+not count), taken from the run's ``samples.json``. The outcomes are checked against the row's own
+value both when saving and when reading, so a stale or edited file cannot pass as evidence.
+``arange gate SCORECARD --baseline FILE`` compares against it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from .gates import (
+    Evidence,
+    GateError,
+    check_card,
+    decode_outcomes,
+    encode_outcomes,
+    load_scorecard_evidence,
+    row_label,
+    scorecard_path,
+    task_metrics,
+)
+from .store import atomic_write_text
+
+log = logging.getLogger(__name__)
+BASELINE_FORMAT = 1
+
+
+def default_path(card: dict[str, Any]) -> Path | None:
+    """``baselines/<name>.json`` next to the scenario file the run came from, when known."""
+    scenario = (card.get("provenance") or {}).get("scenario_path")
+    if not isinstance(scenario, str) or not scenario:
+        return None
+    return Path(scenario).parent / "baselines" / f"{card.get('name')}.json"
+
+
+def build_baseline(scorecard: str | Path) -> dict[str, Any]:
+    """The baseline document for a scorecard (file or run folder)."""
+    ev = load_scorecard_evidence(scorecard)
+    metrics = task_metrics(ev.task, ev.source)
+    outcomes: dict[str, list[dict[str, str]]] = {}
+    missing = 0
+    for entries in metrics.values():
+        for m in entries:
+            rows = ev.card.get(m.table)
+            if not isinstance(rows, list):
+                continue
+            per_row = outcomes.setdefault(m.table, [{} for _ in rows])
+            for i in range(len(rows)):
+                if m.name in per_row[i]:
+                    continue
+                vec = ev.outcomes(m, i)  # checked against the row's value
+                if vec is None:
+                    missing += 1
+                    continue
+                per_row[i][m.name] = encode_outcomes(vec)
+    if missing:
+        log.warning("%s: no per-sample outcomes (samples file %s missing); gates against this "
+                    "baseline will use unpaired tests", ev.source, ev.samples_path)
+    return {"arange_baseline": BASELINE_FORMAT,
+            "saved": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+            "source": str(ev.source),
+            "scorecard": ev.card,
+            "outcomes": outcomes}
+
+
+def save_baseline(scorecard: str | Path, out: str | Path | None = None) -> Path:
+    """Write the baseline of ``scorecard`` to ``out`` (default: :func:`default_path`)."""
+    doc = build_baseline(scorecard)
+    path = Path(out) if out is not None else default_path(doc["scorecard"])
+    if path is None:
+        raise GateError(f"{scorecard_path(scorecard)}: the scorecard does not record its "
+                        "scenario file; give the baseline path with --out")
+    atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+    return path
+
+
+def evidence_from_baseline(raw: dict[str, Any], source: str) -> Evidence:
+    """Check a parsed baseline document and wrap it for the gate."""
+    if raw.get("arange_baseline") != BASELINE_FORMAT:
+        raise GateError(f"{source}: baseline format {raw.get('arange_baseline')!r} is not "
+                        f"supported (this arange reads {BASELINE_FORMAT}); save it again with "
+                        "'arange baseline save'")
+    card = check_card(raw.get("scorecard"), f"{source}: scorecard")
+    outcomes = raw.get("outcomes", {})
+    if not isinstance(outcomes, dict):
+        raise GateError(f"{source}: outcomes: must be a mapping of table -> rows")
+    for table, rows in outcomes.items():
+        card_rows = card.get(table)
+        if not isinstance(rows, list) or not isinstance(card_rows, list) \
+                or len(rows) != len(card_rows):
+            raise GateError(f"{source}: outcomes.{table}: must list one entry per row of the "
+                            f"scorecard's {table!r} table")
+        for i, entry in enumerate(rows):
+            if not isinstance(entry, dict):
+                raise GateError(f"{source}: outcomes.{table}[{i}]: must be a mapping of "
+                                "metric -> outcome string")
+            for metric, text in entry.items():
+                decode_outcomes(text, f"{source}: outcomes.{table}[{i}].{metric}")
+    return Evidence(source, card, None, stored=outcomes, kind="baseline")
+
+
+def load_baseline(path: str | Path) -> Evidence:
+    p = Path(path)
+    try:
+        raw = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GateError(f"{p}: no such baseline") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise GateError(f"{p}: not a readable baseline JSON file: {e}") from e
+    if not isinstance(raw, dict) or "arange_baseline" not in raw:
+        raise GateError(f"{p}: not a baseline (write one with 'arange baseline save SCORECARD')")
+    return evidence_from_baseline(raw, str(p))
+
+
+def describe(ev: Evidence) -> str:
+    """A terminal summary of a baseline (or scorecard): what it is and its gated numbers."""
+    prov = ev.card.get("provenance") or {}
+    lines = [f"{ev.source}: {ev.kind} of scenario {ev.name!r} ({ev.task})",
+             (f"  dataset {prov.get('dataset')} (fingerprint "
+              f"{str(prov.get('dataset_fingerprint'))[:12]}), seed {prov.get('seed')}, "
+              f"weights {str(prov.get('weights_sha256'))[:12]} "
+              f"({prov.get('weights_source')})"),
+             f"  run finished {prov.get('finished')}, arange {prov.get('arange_version')}"]
+    metrics = task_metrics(ev.task, ev.source)
+    for name, entries in metrics.items():
+        seen: set[str] = set()
+        for m in entries:
+            if m.table in seen or not isinstance(ev.card.get(m.table), list):
+                continue
+            seen.add(m.table)
+            for i, row in enumerate(ev.card[m.table]):
+                value, n = row.get(m.field), row.get(m.count_field)
+                kept = "per-sample outcomes" if ev.outcomes(m, i) is not None \
+                    else "no per-sample outcomes"
+                lines.append(f"  {name:<20} {m.table:<10} {row_label(m, row):<28} "
+                             f"{value:.4f} (n={n}, {kept})")
+    gates = (prov.get("scenario") or {}).get("gates") or []
+    lines.append(f"  gates in its scenario: {len(gates)}")
+    return "\n".join(lines)

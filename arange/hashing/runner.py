@@ -1,0 +1,653 @@
+"""The hash runner: scenario -> jobs (threshold x attack x eps) -> verified outcomes -> scorecard.
+
+What counts is decided here, never by an attack:
+
+1. The attack's output is projected onto the threat model and moved onto the 8-bit grid (the
+   nearest level inside the budget), then checked by :func:`arange.threat.enforce`.
+2. The torch fast path says which images it believes succeed ("claimed").
+3. Every claimed image, and every image the reference library accepts in memory, is written as a
+   PNG, read back, and re-hashed by the reference library (imagehash / pdqhash). Only that
+   verdict counts: a claimed success the reference rejects is reported, never counted.
+
+Evasion succeeds when no database entry lies within the threshold of the image's reference hash;
+collision when the chosen database entry does. Jobs are written atomically to ``OUT/jobs/`` under
+a content key, so an interrupted run resumes without redoing finished jobs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import itertools
+import json
+import logging
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from arange import __version__
+from arange.expr import format_eps
+from arange.scorecard import Check
+from arange.stats import wilson_interval
+from arange.store import atomic_write_bytes, atomic_write_json
+from arange.threat import ThreatModel, enforce, project
+
+from .attacks import (
+    HASH_ATTACKS,
+    ExactHash,
+    HammingObjective,
+    SurrogateObjective,
+    SurrogateWithExact,
+    quantized,
+)
+from .data import HashImages, load_images
+from .reference import (
+    HASHES,
+    hamming,
+    hamming_matrix,
+    library_version,
+    pairwise_distances,
+    read_png,
+    reference_bits,
+    reference_bits_batch,
+)
+from .scenario import HashAttackSpec, HashScenario
+from .scorecard import (
+    Agreement,
+    Detection,
+    FprCurve,
+    FprPoint,
+    HashProvenance,
+    HashResultRow,
+    HashScorecard,
+    Matcher,
+    QueryPoint,
+    Stats,
+    SweepRow,
+    TransferCell,
+    TransferRow,
+)
+
+log = logging.getLogger(__name__)
+JOB_FORMAT = 1
+FAST_HASHES = ("average_hash", "dhash", "phash", "pdq")
+
+
+# ---------------------------------------------------------------------------- oracles
+
+class ReferenceHash(nn.Module):
+    """Black-box oracle through the reference library itself (hashes without a torch path)."""
+
+    def __init__(self, name: str, params: dict[str, Any]):
+        super().__init__()
+        self.name, self.params = name, params
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        arr = to_uint8(x)
+        bits = reference_bits_batch(self.name, arr, self.params)
+        return torch.from_numpy(bits).to(x.device).float()
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Float NCHW in [0, 1] on the 8-bit grid -> uint8 NHWC."""
+    return (x.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1) \
+        .cpu().numpy()
+
+
+def fast_bits(name: str, params: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
+    if HASHES.get(name).fast:
+        return ExactHash(name, int(params.get("hash_size", 8)))(x).bool()
+    return ReferenceHash(name, params)(x).bool()
+
+
+# ---------------------------------------------------------------------------- jobs
+
+@dataclass(frozen=True)
+class HashJob:
+    attack: HashAttackSpec
+    eps: float
+    threshold: int
+    key: str
+
+    @property
+    def job_id(self) -> str:
+        eps = format_eps(self.eps).replace("/", "_")
+        return f"t{self.threshold}__{self.attack.key}__{self.attack.norm.value}-{eps}"
+
+
+def expand_jobs(s: HashScenario, data_fp: str, n: int) -> list[HashJob]:
+    base = {"arange": __version__, "format": JOB_FORMAT, "data": data_fp, "n": n,
+            "seed": s.seed, "batch_size": s.target.batch_size, "hash": s.target.hash,
+            "hash_params": s.target.hash_params,
+            "transfer": s.evaluation.transfer}
+    jobs = []
+    for t in s.target.thresholds:
+        for a in s.attacks:
+            for eps in a.eps:
+                spec = {**base, "threshold": t, "eps": eps,
+                        "attack": a.model_dump(mode="json", exclude={"eps"})}
+                key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+                jobs.append(HashJob(a, eps, t, key))
+    return jobs
+
+
+def collision_targets(n: int) -> np.ndarray:
+    """Innocent image i is made to collide with database entry (i + n // 2) mod n."""
+    return (np.arange(n) + n // 2) % n
+
+
+def _prepare_candidates(x: torch.Tensor, raw: torch.Tensor, threat: ThreatModel
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(evaluated images, budget violations): the raw output projected onto the ball, moved to
+    the nearest 8-bit level inside it, then passed through enforce (a no-op by then)."""
+    violations = enforce(x, raw, threat).violations
+    raw = torch.where(torch.isfinite(raw), raw, x)
+    cand = quantized(x, project(x, raw, threat), threat)
+    final = enforce(x, cand, threat)
+    return final.x_adv, violations | final.violations
+
+
+def _png_bytes(img: np.ndarray) -> bytes:
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(img, "RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _quality(clean: np.ndarray, adv: np.ndarray) -> tuple[float, float]:
+    """(SSIM, PSNR in dB) of one uint8 image pair, by scikit-image."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+    ssim = float(structural_similarity(clean, adv, channel_axis=-1, data_range=255))
+    if np.array_equal(clean, adv):
+        return ssim, float("inf")
+    return ssim, float(peak_signal_noise_ratio(clean, adv, data_range=255))
+
+
+@dataclass
+class Context:
+    """What every job needs: the images, the database and the transfer hashes."""
+
+    s: HashScenario
+    data: HashImages
+    x: torch.Tensor                      # float NCHW on the device
+    params: dict[str, Any]               # the target hash's full parameters
+    db: np.ndarray                       # reference bits of the database (N, B)
+    transfer: dict[str, int]             # hash -> threshold
+    transfer_db: dict[str, np.ndarray]   # hash -> reference bits of the database
+    device: torch.device
+    out: Path
+
+
+def _success_mask(goal: str, bits: np.ndarray, db: np.ndarray, rows: np.ndarray,
+                  threshold: int, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(success, distance): evasion uses the distance to the nearest database entry, collision
+    the distance to the chosen entry."""
+    if goal == "evasion":
+        d = hamming_matrix(bits, db).min(axis=1) if len(bits) else np.zeros(0, dtype=np.int64)
+        return d > threshold, d
+    d = hamming(bits, db[targets[rows]])
+    return d <= threshold, d
+
+
+def run_job(job: HashJob, ctx: Context, bar: Any = None) -> dict[str, Any]:
+    s, x, dev = ctx.s, ctx.x, ctx.device
+    a = job.attack
+    spec = HASHES.get(s.target.hash)
+    attack = HASH_ATTACKS.create(a.name, **a.params)
+    white = getattr(attack, "kind", "") == "white-box"
+    hash_size = int(ctx.params.get("hash_size", 8))
+    if white:
+        model: nn.Module = SurrogateWithExact(s.target.hash, hash_size)
+        objective: Any = SurrogateObjective(a.goal, job.threshold, a.margin)
+    else:
+        model = ExactHash(s.target.hash, hash_size) if spec.fast \
+            else ReferenceHash(s.target.hash, ctx.params)
+        objective = HammingObjective(a.goal, job.threshold, a.margin)
+    threat = ThreatModel(a.norm, job.eps, quantize=True)
+    gen = torch.Generator(device=dev).manual_seed(int(job.key[:12], 16))
+    n = len(ctx.data)
+    targets = collision_targets(n) if a.goal == "collision" else np.arange(n)
+    y_all = torch.from_numpy(ctx.db[targets]).to(dev).float()
+    finals = torch.empty_like(x)
+    violations = np.zeros(n, dtype=bool)
+    queries = np.zeros(n, dtype=np.int64)
+    t0 = time.perf_counter()
+    bs = s.target.batch_size
+    for start in range(0, n, bs):
+        sl = slice(start, min(start + bs, n))
+        xb, yb = x[sl], y_all[sl]
+        result = attack.run(model, xb, yb, threat, objective, gen)
+        final, viol = _prepare_candidates(xb, result.x_adv.detach(), threat)
+        finals[sl] = final
+        violations[sl] = viol.cpu().numpy()
+        if result.queries is not None:
+            queries[sl] = result.queries.cpu().numpy()
+        if bar is not None:
+            bar.update(sl.stop - sl.start)
+    seconds = time.perf_counter() - t0
+    rows = np.arange(n)
+
+    # what the fast path claims
+    claimed_bits = fast_bits(s.target.hash, ctx.params, finals).cpu().numpy()
+    claimed, d_fast = _success_mask(a.goal, claimed_bits, ctx.db, rows, job.threshold, targets)
+    # what the reference says in memory, then on the saved PNG (the only verdict that counts)
+    adv = to_uint8(finals)
+    mem_bits = reference_bits_batch(s.target.hash, adv, ctx.params)
+    mem_ok, d_ref = _success_mask(a.goal, mem_bits, ctx.db, rows, job.threshold, targets)
+    success = np.zeros(n, dtype=bool)
+    pngs: list[str | None] = [None] * n
+    img_dir = ctx.out / "images" / job.job_id
+    transfer: dict[str, list[bool | None]] = {h: [None] * n for h in ctx.transfer}
+    for i in np.nonzero(claimed | mem_ok)[0].tolist():
+        rel = f"images/{job.job_id}/{i:04d}.png"
+        atomic_write_bytes(img_dir / f"{i:04d}.png", _png_bytes(adv[i]))
+        pngs[i] = rel
+        back = read_png(ctx.out / rel)
+        bits = reference_bits(s.target.hash, back, ctx.params)[None]
+        ok, dist = _success_mask(a.goal, bits, ctx.db, np.array([i]), job.threshold, targets)
+        success[i] = bool(ok[0])
+        d_ref[i] = int(dist[0])
+        if success[i]:
+            for h, thr in ctx.transfer.items():
+                hb = reference_bits(h, back, HASHES.get(h).check_params(
+                    ctx.params if h == s.target.hash else {}))[None]
+                okh, _ = _success_mask(a.goal, hb, ctx.transfer_db[h], np.array([i]), thr,
+                                       targets)
+                transfer[h][i] = bool(okh[0])
+
+    clean = ctx.data.images
+    delta = (finals - x).flatten(1)
+    linf = delta.abs().amax(dim=1).cpu().numpy() if n else np.zeros(0)
+    l2 = delta.norm(dim=1).cpu().numpy() if n else np.zeros(0)
+    quality = [_quality(clean[i], adv[i]) for i in range(n)]
+    return {
+        "format": JOB_FORMAT, "key": job.key, "job_id": job.job_id,
+        "attack_kind": getattr(attack, "kind", "white-box"), "params": attack.params(),
+        "seconds": seconds, "targets": targets.tolist(),
+        "success": success.tolist(), "claimed": claimed.tolist(),
+        "distance": d_ref.tolist(), "distance_fast": d_fast.tolist(),
+        "queries": queries.tolist() if not white else None,
+        "linf": linf.tolist(), "l2": l2.tolist(),
+        "ssim": [q[0] for q in quality],
+        "psnr": [q[1] if np.isfinite(q[1]) else None for q in quality],
+        "violations": violations.tolist(), "png": pngs, "transfer": transfer,
+    }
+
+
+def _load_job(path: Path, key: str, out: Path) -> dict[str, Any] | None:
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if rec.get("format") != JOB_FORMAT or rec.get("key") != key:
+        return None
+    if any(p is not None and not (out / p).is_file() for p in rec.get("png", [])):
+        return None  # the evidence is gone: run the job again
+    return rec  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------------------- tables
+
+def _stats(values: list[float]) -> Stats:
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return Stats(n=0)
+    return Stats(n=int(v.size), mean=float(v.mean()), median=float(np.median(v)),
+                 p05=float(np.percentile(v, 5)), p95=float(np.percentile(v, 95)),
+                 min=float(v.min()), max=float(v.max()))
+
+
+def _rate(k: int, n: int) -> tuple[float, tuple[float, float]]:
+    return (k / n if n else 0.0), wilson_interval(k, n)
+
+
+def fpr_curve(name: str, bits: np.ndarray) -> FprCurve:
+    d = pairwise_distances(bits)
+    nb = bits.shape[1]
+    counts = np.bincount(d, minlength=nb + 1)
+    cum = np.cumsum(counts)
+    points = []
+    for t in range(nb + 1):
+        k = int(cum[t])
+        r, ci = _rate(k, int(d.size))
+        points.append(FprPoint(threshold=t, false_positives=k, fpr=r, fpr_ci=ci))
+    return FprCurve(hash=name, bits=nb, n_images=int(bits.shape[0]), n_pairs=int(d.size),
+                    min_distance=int(d.min()) if d.size else nb, points=points)
+
+
+def _budgets(s: HashScenario, max_q: int) -> list[int]:
+    if s.evaluation.query_budgets is not None:
+        return [b for b in s.evaluation.query_budgets if b <= max_q] or [max_q]
+    fr = (0.05, 0.1, 0.25, 0.5, 1.0)
+    return sorted({max(1, round(max_q * f)) for f in fr})
+
+
+def _result_row(job: HashJob, rec: dict[str, Any], s: HashScenario, fpr: FprCurve
+                ) -> HashResultRow:
+    success = np.asarray(rec["success"], dtype=bool)
+    claimed = np.asarray(rec["claimed"], dtype=bool)
+    n = int(success.size)
+    k = int(success.sum())
+    rate, ci = _rate(k, n)
+    q = rec.get("queries")
+    max_q = rec["params"].get("max_queries") if q is not None else None
+    by_query: list[QueryPoint] = []
+    qs_med = qs_mean = None
+    q_max = None
+    if q is not None:
+        qa = np.asarray(q, dtype=np.int64)
+        qs_med = float(np.median(qa[success])) if k else None
+        qs_mean = float(qa.mean()) if n else None
+        q_max = int(qa.max()) if n else 0
+        for b in _budgets(s, int(max_q or q_max or 1)):
+            kb = int((success & (qa <= b)).sum())
+            r, c = _rate(kb, n)
+            by_query.append(QueryPoint(queries=b, successes=kb, rate=r, rate_ci=c))
+    metrics = ("linf", "l2", "ssim", "psnr")
+    dist = {m: _stats([v for v, ok in zip(rec[m], success, strict=True) if ok]) for m in metrics}
+    dist_all = {m: _stats(rec[m]) for m in metrics}
+    a = job.attack
+    return HashResultRow(
+        job_id=job.job_id, attack=a.key, attack_name=a.name, kind=rec["attack_kind"],
+        goal=a.goal, norm=a.norm.value, eps=job.eps, eps_label=format_eps(job.eps),
+        threshold=job.threshold, margin=a.margin, params=rec["params"], n=n, successes=k,
+        rate=rate, rate_ci=ci, claimed=int(claimed.sum()),
+        rejected=int((claimed & ~success).sum()), unclaimed=int((success & ~claimed).sum()),
+        max_queries=max_q, queries_median=qs_med, queries_mean=qs_mean, queries_max=q_max,
+        by_query=by_query, distortion=dist, distortion_all=dist_all,
+        budget_violations=int(np.asarray(rec["violations"], dtype=bool).sum()),
+        fpr_at_threshold=fpr.points[min(job.threshold, fpr.bits)].fpr,
+        seconds=round(float(rec["seconds"]), 3))
+
+
+def _transfer_row(job: HashJob, rec: dict[str, Any], ctx: Context) -> TransferRow:
+    success = np.asarray(rec["success"], dtype=bool)
+    ns = int(success.sum())
+    cells = {}
+    for h, thr in ctx.transfer.items():
+        vals = [v for v, ok in zip(rec["transfer"][h], success, strict=True) if ok]
+        k = int(sum(bool(v) for v in vals))
+        r, ci = _rate(k, ns)
+        cells[h] = TransferCell(threshold=thr, n=ns, evaded=k, rate=r, rate_ci=ci)
+    return TransferRow(job_id=job.job_id, attack=job.attack.key, goal=job.attack.goal,
+                       eps_label=format_eps(job.eps), threshold=job.threshold,
+                       source_hash=ctx.s.target.hash, n_source_success=ns, checked=cells)
+
+
+# ---------------------------------------------------------------------------- checks
+
+def _checks(ctx: Context, detection: list[Detection], agreement: list[Agreement],
+            rows: list[HashResultRow]) -> list[Check]:
+    checks = []
+    missed = [d for d in detection if d.detected < d.n]
+    if missed:
+        checks.append(Check(name="clean_detection", status="fail",
+                            message="unmodified images are not all detected: "
+                            + "; ".join(f"{d.n - d.detected} at threshold {d.threshold}"
+                                        for d in missed),
+                            details={"thresholds": [d.threshold for d in missed]}))
+    else:
+        checks.append(Check(name="clean_detection", status="pass",
+                            message=f"all {detection[0].n if detection else 0} unmodified images "
+                            "(read back from PNG) match their database entry at every threshold"))
+    target = ctx.s.target.hash
+    ag = next((x for x in agreement if x.hash == target), None)
+    if ag is None:
+        checks.append(Check(name="fast_hash_agreement", status="skip",
+                            message=f"{target} has no torch fast path; the attacks query the "
+                            "reference library itself"))
+    else:
+        status = "pass" if ag.exact_rate >= 0.99 else "warn"
+        checks.append(Check(name="fast_hash_agreement", status=status,
+                            message=f"torch {target} reproduces the reference bits exactly on "
+                            f"{ag.exact}/{ag.n} images ({ag.bit_agreement:.4%} of bits); every "
+                            "success is re-verified by the reference library regardless",
+                            details={"mismatched": ag.mismatched}))
+    rejected = sum(r.rejected for r in rows)
+    claimed = sum(r.claimed for r in rows)
+    if rejected:
+        checks.append(Check(name="verification", status="warn",
+                            message=f"{rejected} of {claimed} fast-path successes were rejected "
+                            "by the reference library on the saved PNG and are not counted",
+                            details={"rows": [r.job_id for r in rows if r.rejected]}))
+    else:
+        checks.append(Check(name="verification", status="pass",
+                            message=f"all {claimed} fast-path successes were confirmed by the "
+                            "reference library on the saved PNG"))
+    over = [r for r in rows if r.distortion_all["linf" if r.norm == "linf" else "l2"].max
+            is not None and (r.distortion_all["linf" if r.norm == "linf" else "l2"].max or 0)
+            > r.eps * (1 + 1e-4) + 1e-6]
+    proposed = [r for r in rows if r.budget_violations]
+    if over:
+        checks.append(Check(name="budget", status="fail",
+                            message=f"{len(over)} result(s) evaluated images beyond eps",
+                            details={"rows": [r.job_id for r in over]}))
+    elif proposed:
+        checks.append(Check(name="budget", status="warn",
+                            message=f"attacks proposed {sum(r.budget_violations for r in proposed)}"
+                            " image(s) outside the budget; the runner projected them before "
+                            "scoring", details={"rows": [r.job_id for r in proposed]}))
+    else:
+        checks.append(Check(name="budget", status="pass",
+                            message="every evaluated image is inside its eps-ball, on the 8-bit "
+                            "grid"))
+    over_q = [r for r in rows if r.max_queries is not None and r.queries_max is not None
+              and r.queries_max > r.max_queries]
+    bb = [r for r in rows if r.max_queries is not None]
+    if over_q:
+        checks.append(Check(name="query_budget", status="fail",
+                            message=f"{len(over_q)} black-box result(s) used more queries than "
+                            "their budget", details={"rows": [r.job_id for r in over_q]}))
+    elif bb:
+        checks.append(Check(name="query_budget", status="pass",
+                            message="every black-box image stayed within its query budget"))
+    else:
+        checks.append(Check(name="query_budget", status="skip",
+                            message="no black-box attack in this scenario"))
+    checks.append(_monotonic(rows, "eps", "larger eps"))
+    checks.append(_monotonic(rows, "threshold", "smaller threshold"))
+    return checks
+
+
+def _monotonic(rows: list[HashResultRow], axis: str, what: str) -> Check:
+    """Success should not fall with a larger budget (eps) or a smaller threshold."""
+    groups: dict[tuple[Any, ...], list[HashResultRow]] = {}
+    for r in rows:
+        key = (r.attack, r.norm, r.goal, r.threshold if axis == "eps" else r.eps)
+        groups.setdefault(key, []).append(r)
+    bad = []
+    compared = False
+    for rs in groups.values():
+        if len(rs) < 2:
+            continue
+        compared = True
+        if axis == "eps":
+            rs.sort(key=lambda r: r.eps)
+        else:
+            rs.sort(key=lambda r: -r.threshold)   # easier goal last
+        for lo, hi in itertools.pairwise(rs):
+            tol = max(1.0 / max(lo.n, 1), 0.005)
+            if hi.rate + tol < lo.rate:
+                bad.append(f"{hi.attack}: {lo.rate:.3f} at {lo.eps_label}/t{lo.threshold} > "
+                           f"{hi.rate:.3f} at {hi.eps_label}/t{hi.threshold}")
+    name = f"monotonic_{axis}"
+    if not compared:
+        return Check(name=name, status="skip", message=f"no attack runs at more than one {axis}")
+    if bad:
+        return Check(name=name, status="warn",
+                     message=f"success falls with a {what}, so an attack is weaker than it "
+                     "should be: " + "; ".join(bad[:3]), details={"violations": bad})
+    return Check(name=name, status="pass", message=f"success never falls with a {what}")
+
+
+# ---------------------------------------------------------------------------- the run
+
+def _libraries() -> dict[str, str]:
+    libs = {}
+    for name in ("imagehash", "pdqhash", "pillow", "numpy", "scipy", "PyWavelets",
+                 "scikit-image", "scikit-learn", "pydantic"):
+        v = library_version(name)
+        if v != "unknown":
+            libs[name] = v
+    return libs
+
+
+def run_hash_scenario(s: HashScenario, out: str | Path | None = None, *,
+                      device: str | None = None, resume: bool = True, progress: bool = True,
+                      scenario_path: str | Path | None = None) -> HashScorecard:
+    """Run every job of ``s`` and write ``OUT/scorecard.json`` (see the module docstring)."""
+    from tqdm.auto import tqdm
+
+    from arange.runner import _git_sha, resolve_device
+
+    started = dt.datetime.now(dt.UTC)
+    t_start = time.perf_counter()
+    dev = resolve_device(device or s.device)
+    t = s.target
+    spec = HASHES.get(t.hash)
+    params = spec.check_params(t.hash_params)
+    data = load_images(t.dataset.name, **t.dataset.options).subset(t.samples)
+    n = len(data)
+    out_dir = Path(out) if out is not None else Path("runs") / s.name
+    (out_dir / "jobs").mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(s.seed)
+
+    x = data.tensor(dev)
+    db = reference_bits_batch(t.hash, data.images, params)
+    transfer = dict(s.evaluation.transfer) if s.evaluation.transfer is not None else {
+        name: HASHES.get(name).default_threshold for name in HASHES.names()}
+    transfer.setdefault(t.hash, t.thresholds[0])
+    transfer_db = {h: (db if h == t.hash else reference_bits_batch(h, data.images, {}))
+                   for h in transfer}
+    ctx = Context(s, data, x, params, db, transfer, transfer_db, dev, out_dir)
+
+    # originals: saved as PNG (for the gallery) and read back for the clean detection rate
+    orig_bits = []
+    for i in range(n):
+        rel = out_dir / "images" / "original" / f"{i:04d}.png"
+        if not rel.is_file() or not np.array_equal(read_png(rel), data.images[i]):
+            atomic_write_bytes(rel, _png_bytes(data.images[i]))
+        orig_bits.append(reference_bits(t.hash, read_png(rel), params))
+    dmin = hamming_matrix(np.stack(orig_bits), db)
+    detection = []
+    for thr in t.thresholds:
+        k = int((dmin.min(axis=1) <= thr).sum())
+        r, ci = _rate(k, n)
+        detection.append(Detection(threshold=thr, n=n, detected=k, rate=r, rate_ci=ci))
+
+    agreement = []
+    for h in FAST_HASHES:
+        hp = params if h == t.hash else HASHES.get(h).check_params({})
+        ref = db if h == t.hash else (transfer_db[h] if h in transfer_db else
+                                      reference_bits_batch(h, data.images, hp))
+        fb = ExactHash(h, int(hp.get("hash_size", 8)))(x).bool().cpu().numpy()
+        exact = (fb == ref).all(axis=1)
+        k = int(exact.sum())
+        r, ci = _rate(k, n)
+        agreement.append(Agreement(hash=h, n=n, exact=k, exact_rate=r, exact_rate_ci=ci,
+                                   bit_agreement=float((fb == ref).mean()) if n else 1.0,
+                                   mismatched=[data.ids[i] for i in np.nonzero(~exact)[0][:20]]))
+
+    curves = [fpr_curve(t.hash, db)] + [fpr_curve(h, transfer_db[h]) for h in transfer
+                                        if h != t.hash]
+    fpr = curves[0]
+
+    jobs = expand_jobs(s, data.fingerprint(), n)
+    finished: dict[str, dict[str, Any]] = {}
+    if resume:
+        for job in jobs:
+            rec = _load_job(out_dir / "jobs" / f"{job.job_id}.json", job.key, out_dir)
+            if rec is not None:
+                finished[job.key] = rec
+    reused = len(finished)
+    if reused:
+        log.info("resuming: %d of %d jobs already finished in %s", reused, len(jobs),
+                 out_dir / "jobs")
+    todo = [j for j in jobs if j.key not in finished]
+    bar = tqdm(total=n * len(todo), desc="attacking", unit="img", disable=not progress,
+               dynamic_ncols=True)
+    records: list[tuple[HashJob, dict[str, Any]]] = []
+    for job in jobs:
+        rec = finished.get(job.key)
+        if rec is None:
+            bar.set_postfix_str(job.job_id)
+            rec = run_job(job, ctx, bar)
+            atomic_write_json(out_dir / "jobs" / f"{job.job_id}.json", rec)
+        records.append((job, rec))
+    bar.close()
+
+    rows = [_result_row(j, r, s, fpr) for j, r in records]
+    transfer_rows = [_transfer_row(j, r, ctx) for j, r in records]
+    sweep = []
+    for d in detection:
+        p = fpr.points[d.threshold]
+        sweep.append(SweepRow(threshold=d.threshold, fpr=p.fpr, fpr_ci=p.fpr_ci,
+                              clean_detection=d.rate,
+                              success={f"{r.attack}@{r.eps_label}": r.rate for r in rows
+                                       if r.threshold == d.threshold}))
+    checks = _checks(ctx, detection, agreement, rows)
+
+    samples = {"schema_version": 1, "n": n, "ids": data.ids,
+               "originals": [f"images/original/{i:04d}.png" for i in range(n)],
+               "jobs": {j.job_id: {k: r[k] for k in (
+                   "success", "claimed", "distance", "distance_fast", "queries", "linf", "l2",
+                   "ssim", "psnr", "png", "transfer", "targets")} for j, r in records}}
+    atomic_write_json(out_dir / "samples.json", samples)
+
+    end = dt.datetime.now(dt.UTC)
+    prov = HashProvenance(
+        arange_version=__version__, git_sha=_git_sha(), python=sys.version.split()[0],
+        platform=platform.platform(), torch_version=torch.__version__, libraries=_libraries(),
+        device=str(dev), seed=s.seed, started=started.isoformat(), finished=end.isoformat(),
+        seconds=round(time.perf_counter() - t_start, 3), reference=spec.describe(params),
+        dataset=data.name, dataset_fingerprint=data.fingerprint(), dataset_info=data.info,
+        scenario_path=str(scenario_path) if scenario_path else None,
+        scenario=s.model_dump(mode="json"), jobs_reused=reused)
+    matcher = Matcher(hash=t.hash, hash_params=params, bits=int(db.shape[1]),
+                      thresholds=list(t.thresholds), database_size=n,
+                      reference=spec.describe(params), fast_path=spec.fast)
+    card = HashScorecard(name=s.name, provenance=prov, matcher=matcher, agreement=agreement,
+                         detection=detection, fpr=curves, results=rows,
+                         transfer=transfer_rows, sweep=sweep, checks=checks,
+                         files={"samples": "samples.json", "images": "images",
+                                "originals": "images/original"})
+    card.save(out_dir / "scorecard.json")
+    return card
+
+
+# ---------------------------------------------------------------------------- summary
+
+def format_hash_summary(card: HashScorecard) -> str:
+    m = card.matcher
+    p = card.provenance
+    lines = [(f"{card.name}: {m.reference}, database of {m.database_size} images "
+             f"({p.dataset}), device {p.device}, {p.seconds:.1f}s")]
+    for a in card.agreement:
+        if a.hash == m.hash:
+            lines.append(f"torch fast path agreement [{a.hash}]: {a.exact}/{a.n} images exact")
+    header = (f"{'threshold':>9} {'FPR':>8} {'attack':<16} {'norm':<5} {'eps':>7} "
+              f"{'success':>8} {'95% CI':>13} {'med q':>7} {'SSIM':>6} {'PSNR':>6} "
+              f"{'secs':>6}")
+    lines += ["", header, "-" * len(header)]
+    for r in card.results:
+        lo, hi = r.rate_ci
+        ssim = r.distortion["ssim"].mean
+        psnr = r.distortion["psnr"].mean
+        q = f"{r.queries_median:.0f}" if r.queries_median is not None else "-"
+        lines.append(f"{r.threshold:>9} {r.fpr_at_threshold:>8.4f} {r.attack:<16} {r.norm:<5} "
+                     f"{r.eps_label:>7} {r.rate:>8.3f} {f'{lo:.3f}-{hi:.3f}':>13} {q:>7} "
+                     f"{(f'{ssim:.3f}' if ssim is not None else '-'):>6} "
+                     f"{(f'{psnr:.1f}' if psnr is not None else '-'):>6} {r.seconds:>6.1f}")
+    lines.append("")
+    lines.append("checks:")
+    for c in card.checks:
+        lines.append(f"  [{c.status:>4}] {c.name}: {c.message}")
+    return "\n".join(lines)

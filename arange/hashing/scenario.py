@@ -1,0 +1,281 @@
+"""The ``hash_matching`` scenario: a perceptual-hash matcher under detection-avoidance and
+collision attacks.
+
+Example (see scenarios/hash_evasion_phash.yaml)::
+
+    name: hash_evasion_phash
+    task: hash_matching
+    target:
+      hash: phash                 # average_hash | dhash | phash | whash | colorhash | pdq
+      thresholds: [10, 20, 28]    # a match is a Hamming distance <= threshold
+      dataset: {name: embedded}   # or {name: imagefolder, options: {root: my_images}}
+    attacks:
+      - name: nes                 # black-box; or pgd (white-box through a surrogate)
+        goal: evasion             # or collision
+        norm: linf
+        eps: [32/255]
+        params: {max_queries: 1000}
+
+The schema is strict like the classification one, and errors name the file, the path inside it
+and the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+
+from arange.errors import ParamError, RegistryError, ScenarioError
+from arange.expr import format_eps, parse_number
+from arange.registry import suggest
+from arange.scenario import _DEVICE_RE, _NAME_RE, _fail, _format_validation, _Strict
+from arange.threat import Norm
+
+TASK = "hash_matching"
+# Metrics a hash gate may name (validated here; evaluated by ``arange gate``).
+HASH_METRICS = ("evasion_rate", "collision_rate", "clean_detection_rate", "false_positive_rate")
+
+
+class HashDataset(_Strict):
+    name: str = "embedded"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class HashTarget(_Strict):
+    """The matcher: a hash, its thresholds and the database (the dataset's images)."""
+
+    hash: str
+    hash_params: dict[str, Any] = Field(default_factory=dict)
+    thresholds: list[int] = Field(min_length=1)
+    dataset: HashDataset = Field(default_factory=HashDataset)
+    samples: int | None = Field(None, ge=2)   # first N images (default: all)
+    batch_size: int = Field(64, ge=1, le=65536)
+
+    @field_validator("thresholds", mode="before")
+    @classmethod
+    def _thresholds(cls, v: Any) -> Any:
+        return v if isinstance(v, list) else [v]
+
+
+def _eps_list(value: Any) -> list[float]:
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise ValueError("needs at least one value, e.g. [8/255, 16/255]")
+    return [parse_number(v) for v in values]
+
+
+class HashAttackSpec(_Strict):
+    name: str
+    label: str | None = None
+    goal: Literal["evasion", "collision"] = "evasion"
+    norm: Norm = Norm.linf
+    eps: list[float]
+    margin: int = Field(0, ge=0, le=256)  # bits beyond the threshold the attack aims for
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _parse_eps(cls, v: Any) -> list[float]:
+        return _eps_list(v)
+
+    @property
+    def key(self) -> str:
+        return self.label or (self.name if self.goal == "evasion" else f"{self.name}-collision")
+
+
+class HashEvaluation(_Strict):
+    # hashes (and their thresholds) every evading image is also checked against; default: all
+    # registered hashes at their common thresholds
+    transfer: dict[str, int] | None = None
+    # query budgets at which the black-box evasion rate is reported (default: a few fractions
+    # of each attack's max_queries)
+    query_budgets: list[int] | None = None
+
+    @field_validator("query_budgets")
+    @classmethod
+    def _budgets(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None:
+            if not v or any(b < 1 for b in v):
+                raise ValueError(f"needs positive integers, e.g. [100, 500, 1000] (got {v})")
+            return sorted(set(v))
+        return v
+
+
+class HashGate(_Strict):
+    name: str | None = None
+    metric: str
+    attack: str | None = None
+    eps: float | None = None
+    threshold: int | None = None
+    min: float | None = None
+    max: float | None = None
+
+    @field_validator("eps", "min", "max", mode="before")
+    @classmethod
+    def _num(cls, v: Any) -> float | None:
+        return None if v is None else parse_number(v)
+
+
+class HashScenario(_Strict):
+    name: str
+    task: Literal["hash_matching"] = TASK
+    description: str = ""
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    device: str = "auto"
+    target: HashTarget
+    attacks: list[HashAttackSpec] = Field(min_length=1)
+    evaluation: HashEvaluation = Field(default_factory=HashEvaluation)
+    gates: list[HashGate] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError("use letters, digits, '_', '-' or '.', starting with a letter or "
+                             f"digit, at most 64 characters (got {v!r})")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not _DEVICE_RE.match(v):
+            raise ValueError(f"must be auto, cpu, cuda or cuda:N (got {v!r})")
+        return v
+
+
+def load_hash_scenario(raw: dict[str, Any], source: str, base_dir: Path | None) -> HashScenario:
+    """Validate a ``task: hash_matching`` mapping (the :class:`arange.tasks.Task` loader)."""
+    try:
+        s = HashScenario.model_validate(raw)
+    except ValidationError as e:
+        raise ScenarioError(_format_validation(e, source, HashScenario)) from e
+    s = _resolve_paths(s, base_dir)
+    validate_hash_scenario(s, source)
+    return s
+
+
+def _resolve_paths(s: HashScenario, base_dir: Path | None) -> HashScenario:
+    opts = dict(s.target.dataset.options)
+    root = opts.get("root")
+    if base_dir is None or not isinstance(root, str) or Path(root).expanduser().is_absolute():
+        return s
+    opts["root"] = str((base_dir / root).resolve())
+    ds = s.target.dataset.model_copy(update={"options": opts})
+    return s.model_copy(update={"target": s.target.model_copy(update={"dataset": ds})})
+
+
+def _check_params(factory: Any, params: dict[str, Any], what: str, source: str, path: str
+                  ) -> Any:
+    from arange.registry import check_params
+    try:
+        check_params(factory, params, what)
+        return factory(**params)
+    except ParamError as e:
+        sub = f"{path}.{e.param}" if e.param != "params" else path
+        raise _fail(source, sub, e.message) from e
+    except (TypeError, ValueError) as e:
+        raise _fail(source, path, str(e)) from e
+
+
+def validate_hash_scenario(s: HashScenario, source: str = "<scenario>") -> None:
+    """Semantic checks: registered names, parameters, ranges, references."""
+    from .attacks import HASH_ATTACKS
+    from .data import HASH_DATASETS
+    from .reference import HASHES
+
+    t = s.target
+    try:
+        spec = HASHES.get(t.hash)
+    except RegistryError as e:
+        raise _fail(source, "target.hash", str(e)) from e
+    try:
+        bits = spec.bits(t.hash_params)
+    except ParamError as e:
+        raise _fail(source, f"target.hash_params.{e.param}", e.message) from e
+    for i, thr in enumerate(t.thresholds):
+        if not 0 <= thr < bits:
+            raise _fail(source, f"target.thresholds[{i}]", f"must be in [0, {bits - 1}] for "
+                        f"{t.hash} ({bits} bits) (got {thr})")
+    if len(set(t.thresholds)) != len(t.thresholds):
+        raise _fail(source, "target.thresholds", "lists the same value twice")
+    try:
+        factory = HASH_DATASETS.get(t.dataset.name)
+    except RegistryError as e:
+        raise _fail(source, "target.dataset.name", str(e)) from e
+    _check_params(factory, t.dataset.options, f"hash dataset {t.dataset.name!r}", source,
+                  "target.dataset.options")
+    root = t.dataset.options.get("root")
+    if isinstance(root, str) and not Path(root).expanduser().is_dir():
+        raise _fail(source, "target.dataset.options.root", f"folder {root} does not exist; give "
+                    "a path relative to the scenario file (or an absolute one)")
+
+    seen: set[str] = set()
+    for i, a in enumerate(s.attacks):
+        path = f"attacks[{i}]"
+        try:
+            factory = HASH_ATTACKS.get(a.name)
+        except RegistryError as e:
+            raise _fail(source, f"{path}.name", str(e)) from e
+        attack = _check_params(factory, a.params, f"hash attack {a.name!r}", source,
+                               f"{path}.params")
+        if getattr(attack, "kind", "") == "white-box" and not spec.surrogate:
+            raise _fail(source, f"{path}.name", f"{a.name} is white-box and needs a "
+                        f"differentiable surrogate, which {t.hash} does not have (surrogates: "
+                        f"{', '.join(n for n in HASHES.names() if HASHES.get(n).surrogate)}); "
+                        "use the black-box attack nes")
+        norms = getattr(attack, "norms", (Norm.linf, Norm.l2))
+        if a.norm not in norms:
+            raise _fail(source, f"{path}.norm", f"{a.name} supports "
+                        f"{', '.join(n.value for n in norms)} (got {a.norm.value})")
+        for j, eps in enumerate(a.eps):
+            limit = 1.0 if a.norm is Norm.linf else 1000.0
+            if not 0 < eps <= limit:
+                raise _fail(source, f"{path}.eps[{j}]",
+                            f"must be > 0 and <= {limit:g} for {a.norm.value} (got {eps:g})")
+        if len(set(a.eps)) != len(a.eps):
+            raise _fail(source, f"{path}.eps", "lists the same value twice")
+        if a.margin >= bits:
+            raise _fail(source, f"{path}.margin", f"must be < {bits} (got {a.margin})")
+        if a.key in seen:
+            raise _fail(source, path, f"{a.key!r} is already used; give this attack a distinct "
+                        "'label'")
+        seen.add(a.key)
+
+    transfer = s.evaluation.transfer
+    if transfer is not None:
+        for h, thr in transfer.items():
+            try:
+                hs = HASHES.get(h)
+            except RegistryError as e:
+                raise _fail(source, f"evaluation.transfer.{h}", str(e)) from e
+            nb = hs.bits({})
+            if not isinstance(thr, int) or not 0 <= thr < nb:
+                raise _fail(source, f"evaluation.transfer.{h}", f"threshold must be an integer "
+                            f"in [0, {nb - 1}] (got {thr!r})")
+
+    keys = [a.key for a in s.attacks]
+    all_eps = sorted({e for a in s.attacks for e in a.eps})
+    for i, g in enumerate(s.gates):
+        path = f"gates[{i}]"
+        if g.metric not in HASH_METRICS:
+            raise _fail(source, f"{path}.metric", f"unknown metric {g.metric!r}"
+                        f"{suggest(g.metric, list(HASH_METRICS))} (available: "
+                        f"{', '.join(HASH_METRICS)})")
+        if g.min is None and g.max is None:
+            raise _fail(source, path, "needs min or max")
+        for bound in ("min", "max"):
+            v = getattr(g, bound)
+            if v is not None and not 0 <= v <= 1:
+                raise _fail(source, f"{path}.{bound}", f"rates are in [0, 1] (got {v:g})")
+        if g.attack is not None and g.attack not in keys:
+            raise _fail(source, f"{path}.attack", f"no attack {g.attack!r} in this scenario"
+                        f"{suggest(g.attack, keys)} (attacks: {', '.join(keys)})")
+        if g.eps is not None and not any(abs(g.eps - e) < 1e-9 for e in all_eps):
+            raise _fail(source, f"{path}.eps", f"no attack runs at eps {format_eps(g.eps)} "
+                        f"(scenario eps: {', '.join(format_eps(e) for e in all_eps)})")
+        if g.threshold is not None and g.threshold not in t.thresholds:
+            raise _fail(source, f"{path}.threshold", f"not one of target.thresholds "
+                        f"({', '.join(map(str, t.thresholds))}) (got {g.threshold})")
+

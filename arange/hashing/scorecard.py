@@ -1,0 +1,232 @@
+"""The hash-matching scorecard: the same envelope as :mod:`arange.scorecard` (schema_version,
+task, name, provenance, checks, files) with the hash range's own tables.
+
+Every rate carries its count and a 95% Wilson interval. Successes are counted only after the
+reference library re-hashed the saved PNG. Per-image outcomes live in ``samples.json``; the
+evading images in ``images/<job_id>/`` and the originals in ``images/original/``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from arange.errors import ArangeError
+from arange.scorecard import Check
+from arange.store import atomic_write_text
+
+SCHEMA_VERSION = 1
+TASK = "hash_matching"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HashProvenance(_Model):
+    arange_version: str
+    git_sha: str | None
+    python: str
+    platform: str
+    torch_version: str
+    libraries: dict[str, str]
+    device: str
+    seed: int
+    started: str
+    finished: str
+    seconds: float
+    reference: str                 # the oracle, e.g. "imagehash 4.3.2 phash(hash_size=8)"
+    dataset: str
+    dataset_fingerprint: str
+    dataset_info: dict[str, Any] = Field(default_factory=dict)
+    scenario_path: str | None
+    scenario: dict[str, Any]
+    jobs_reused: int = 0
+
+
+class Matcher(_Model):
+    hash: str
+    hash_params: dict[str, Any]
+    bits: int
+    thresholds: list[int]
+    database_size: int
+    reference: str
+    fast_path: bool                # torch implementation used in the attacks' inner loop
+
+
+class Agreement(_Model):
+    """Torch fast path vs the reference library on the evaluation images."""
+
+    hash: str
+    n: int
+    exact: int                     # images whose bits all agree
+    exact_rate: float
+    exact_rate_ci: tuple[float, float]
+    bit_agreement: float           # fraction of agreeing bits over all images
+    mismatched: list[str] = Field(default_factory=list)  # image ids (first 20)
+
+
+class Detection(_Model):
+    """Unmodified images (read back from their PNG) matched against the database."""
+
+    threshold: int
+    n: int
+    detected: int
+    rate: float
+    rate_ci: tuple[float, float]
+
+
+class FprPoint(_Model):
+    threshold: int
+    false_positives: int
+    fpr: float
+    fpr_ci: tuple[float, float]
+
+
+class FprCurve(_Model):
+    """False matches among pairs of distinct benign images, at every threshold. The pairs share
+    images, so the interval (which treats pairs as independent) is optimistic."""
+
+    hash: str
+    bits: int
+    n_images: int
+    n_pairs: int
+    min_distance: int
+    points: list[FprPoint]
+
+
+class QueryPoint(_Model):
+    queries: int
+    successes: int
+    rate: float
+    rate_ci: tuple[float, float]
+
+
+class Stats(_Model):
+    n: int
+    mean: float | None = None
+    median: float | None = None
+    p05: float | None = None
+    p95: float | None = None
+    min: float | None = None
+    max: float | None = None
+
+
+class HashResultRow(_Model):
+    job_id: str
+    attack: str                    # the scenario's label
+    attack_name: str               # the registered hash attack
+    kind: str                      # white-box | black-box
+    goal: Literal["evasion", "collision"]
+    norm: str
+    eps: float
+    eps_label: str
+    threshold: int
+    margin: int
+    params: dict[str, Any]
+    n: int
+    successes: int                 # verified by the reference library on the saved PNG
+    rate: float
+    rate_ci: tuple[float, float]
+    claimed: int                   # successes according to the torch fast path
+    rejected: int                  # fast-path claims the reference library rejected (not counted)
+    unclaimed: int                 # verified successes the fast path did not claim
+    max_queries: int | None = None
+    queries_median: float | None = None   # over successes (black-box)
+    queries_mean: float | None = None     # over all images (black-box)
+    queries_max: int | None = None
+    by_query: list[QueryPoint] = Field(default_factory=list)
+    distortion: dict[str, Stats]          # linf, l2, ssim, psnr over successes
+    distortion_all: dict[str, Stats]      # the same over every final image
+    budget_violations: int                # raw attack outputs the runner had to project
+    fpr_at_threshold: float
+    seconds: float
+
+
+class TransferCell(_Model):
+    threshold: int
+    n: int
+    evaded: int                    # evasion: no database entry within threshold; collision: hit
+    rate: float
+    rate_ci: tuple[float, float]
+
+
+class TransferRow(_Model):
+    """Images that succeeded against the target hash, checked against the other hashes."""
+
+    job_id: str
+    attack: str
+    goal: Literal["evasion", "collision"]
+    eps_label: str
+    threshold: int
+    source_hash: str
+    n_source_success: int
+    checked: dict[str, TransferCell]
+
+
+class SweepRow(_Model):
+    """Evasion next to the false-positive cost, per threshold."""
+
+    threshold: int
+    fpr: float
+    fpr_ci: tuple[float, float]
+    clean_detection: float
+    success: dict[str, float]      # "<attack>@<eps>" -> verified success rate at this threshold
+
+
+class HashScorecard(_Model):
+    schema_version: int = SCHEMA_VERSION
+    task: Literal["hash_matching"] = TASK
+    name: str
+    provenance: HashProvenance
+    matcher: Matcher
+    agreement: list[Agreement]
+    detection: list[Detection]
+    fpr: list[FprCurve]
+    results: list[HashResultRow]
+    transfer: list[TransferRow]
+    sweep: list[SweepRow]
+    checks: list[Check]
+    files: dict[str, str] = Field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2) + "\n"
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_text(path, self.to_json())
+
+    def row(self, attack: str, eps: float, threshold: int) -> HashResultRow:
+        for r in self.results:
+            if r.attack == attack and r.threshold == threshold and abs(r.eps - eps) < 1e-9:
+                return r
+        raise KeyError(f"no result for attack={attack!r} eps={eps} threshold={threshold}")
+
+    def check(self, name: str) -> Check:
+        for c in self.checks:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+
+def load_hash_scorecard(path: str | Path) -> HashScorecard:
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArangeError(f"{path}: no such scorecard") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArangeError(f"{path}: not a readable scorecard JSON file: {e}") from e
+    if not isinstance(raw, dict) or raw.get("task") != TASK:
+        raise ArangeError(f"{path}: not a hash_matching scorecard")
+    if raw.get("schema_version") != SCHEMA_VERSION:
+        raise ArangeError(f"{path}: hash scorecard schema_version {raw.get('schema_version')} "
+                          f"is not supported (reads version {SCHEMA_VERSION})")
+    try:
+        return HashScorecard.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise ArangeError(f"{path}: invalid scorecard: {loc}: {first['msg']}") from e

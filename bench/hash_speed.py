@@ -1,0 +1,94 @@
+"""Torch batched perceptual hashes vs the reference libraries, per image, side by side.
+
+For each hash with a torch fast path (aHash, dHash, pHash: imagehash; PDQ: pdqhash) this hashes
+the same batch of embedded images (default 256, cycling through the 117 embedded images) with
+the reference library one image at a time and with the torch implementation in one call, checks
+that the bits agree, and prints microseconds per image and the speed ratio. The reference gets
+ready-made Pillow images (imagehash) or uint8 arrays (pdqhash); torch gets the uint8 batch as a
+tensor. Each timing is the best of several repeats, interleaved, so a busy machine hurts both
+sides alike.
+
+    python bench/hash_speed.py [--batch 256] [--size 128] [--threads N] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+
+def best_of(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def main() -> None:
+    import imagehash
+    import pdqhash
+    from PIL import Image
+
+    from arange.hashing.data import load_images
+    from arange.hashing.fast import fast_hash
+    from arange.hashing.reference import library_version
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--size", type=int, default=128, help="embedded image size (pixels)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    data = load_images("embedded", image_size=args.size)
+    idx = np.arange(args.batch) % len(data)
+    arrays = [np.ascontiguousarray(data.images[i]) for i in idx]
+    pil = [Image.fromarray(a, "RGB") for a in arrays]
+    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous().to(args.device)
+
+    print(f"batch {args.batch} images of {args.size}x{args.size} RGB, device {args.device}, "
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads), imagehash "
+          f"{library_version('imagehash')}, pdqhash {library_version('pdqhash')}, "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"load {os.getloadavg()[0]:.2f}")
+    print(f"{'hash':<13} {'reference us/img':>17} {'torch us/img':>13} {'ratio':>7} "
+          f"{'bits agree':>11}")
+    reference: dict[str, Callable[[], list[np.ndarray]]] = {
+        "average_hash": lambda: [imagehash.average_hash(im).hash.ravel() for im in pil],
+        "dhash": lambda: [imagehash.dhash(im).hash.ravel() for im in pil],
+        "phash": lambda: [imagehash.phash(im).hash.ravel() for im in pil],
+        "pdq": lambda: [np.asarray(pdqhash.compute(a)[0], dtype=bool) for a in arrays],
+    }
+    sync = (lambda: torch.cuda.synchronize()) if batch.is_cuda else (lambda: None)
+    for name, ref in reference.items():
+        ref_bits = np.stack(ref())
+
+        def ours(name: str = name) -> torch.Tensor:
+            out = fast_hash(name, batch)
+            sync()
+            return out
+
+        ours_bits = ours().cpu().numpy()  # warm-up (weights, caches)
+        t_ref, t_ours = [], []
+        for _ in range(args.repeats):  # interleaved so load changes hit both
+            t_ref.append(best_of(ref, 1))
+            t_ours.append(best_of(ours, 1))
+        r = min(t_ref) / args.batch * 1e6
+        o = min(t_ours) / args.batch * 1e6
+        agree = float((ref_bits == ours_bits).all(axis=1).mean())
+        print(f"{name:<13} {r:>17.1f} {o:>13.1f} {r / o:>6.1f}x {agree:>10.1%}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,746 @@
+"""The dashboard, page by page, on scorecards from real runs (Streamlit's AppTest), plus one
+end-to-end test in a real headless Chromium against ``arange dashboard``.
+
+The store used here holds two real classification runs of the tiny scenario (the session's
+``tiny_run`` and a second run with other attacks and a gate rule), copies of a real run made
+corrupt, old-schema or stripped of its side files, and hand-made hash and forensics scorecards
+shaped as documented at the top of ``dashboard/hash_view.py`` and ``forensics_view.py`` (those
+tasks have no runner in this repository yet).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from .conftest import ROOT, tiny_scenario
+
+APP_TIMEOUT = 60
+ARTIFACTS = ROOT / "test-artifacts" / "dashboard"
+
+
+# ---------------------------------------------------------------------------- the store
+
+def _second_run_scenario() -> dict[str, Any]:
+    return tiny_scenario(
+        name="tiny-b",
+        attacks=[{"name": "pgd", "eps": ["4/255", "8/255"], "params": {"steps": 10}},
+                 {"name": "noise", "eps": ["4/255"]}],
+        gates=[{"name": "pgd-floor", "metric": "robust_accuracy", "attack": "pgd",
+                "eps": "4/255", "min": 0.05}],
+        # the extra-run validity checks are covered by their own tests; skip their cost here
+        evaluation={"checks": {"large_eps": False, "more_steps": False}})
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2))
+
+
+def _images(n: int, size: int = 16, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 255, size, dtype=np.float64)
+    base = (ramp[None, :] + ramp[:, None]) / 2
+    imgs = np.stack([np.stack([np.roll(base, i, axis=c % 2) for c in range(3)])
+                     for i in range(n)])
+    return np.clip(imgs + rng.normal(0, 4, imgs.shape), 0, 255).astype(np.uint8)
+
+
+def _provenance(scenario: dict[str, Any]) -> dict[str, Any]:
+    return {"arange_version": "0.1.0", "git_sha": None, "started": "2026-01-02T03:04:05+00:00",
+            "device": "cpu", "seed": 0, "seconds": 1.5, "dataset": "fixture",
+            "dataset_fingerprint": "f" * 16, "scenario": scenario}
+
+
+def make_hash_run(folder: Path, with_data: bool = True) -> None:
+    """A hand-made ``hash_matching`` scorecard in the documented shape (see hash_view)."""
+    results = []
+    if with_data:
+        for attack, kind in (("hash-pgd", "white-box"), ("hash-square", "black-box")):
+            for i, (eps, label) in enumerate(((2 / 255, "2/255"), (8 / 255, "8/255"))):
+                rate = 0.2 + 0.3 * i + (0.1 if kind == "white-box" else 0.0)
+                row = {"job_id": f"{attack}-{i}", "attack": attack, "hash": "pdq",
+                       "defense": "none", "norm": "linf", "eps": eps, "eps_label": label,
+                       "n": 40, "evasion_rate": rate,
+                       "evasion_rate_ci": [rate - 0.1, rate + 0.1], "hamming_mean": 40.0 + i,
+                       "ssim_mean": 0.95 - 0.05 * i, "threshold": 31}
+                if kind == "black-box":
+                    row |= {"queries_mean": 300.0 + 100 * i, "max_queries": 1000,
+                            "evasion_vs_queries": [{"queries": q, "evasion_rate": rate * q / 1000}
+                                                   for q in (100, 500, 1000)]}
+                results.append(row)
+    card = {"schema_version": 1, "task": "hash_matching", "name": "hash-fixture" if with_data
+            else "hash-empty",
+            "provenance": _provenance({"name": "hash-fixture", "target": {"hash": "pdq"}}),
+            "results": results,
+            "threshold_tradeoff": [{"hash": "pdq", "threshold": t, "fpr": t / 256,
+                                    "evasion_rate": max(0.0, 0.9 - t / 64)}
+                                   for t in (8, 16, 31, 48)] if with_data else [],
+            "checks": [{"name": "budget", "status": "pass", "message": "fixture"}],
+            "files": {"examples": "examples"}}
+    _write_json(folder / "scorecard.json", card)
+    if with_data:
+        orig = _images(3)
+        adv = np.clip(orig.astype(int) + 6, 0, 255).astype(np.uint8)
+        (folder / "examples").mkdir(parents=True, exist_ok=True)
+        np.savez(folder / "examples" / "hash-square-1.npz", original=orig, adv=adv,
+                 hamming=np.array([44, 38, 51]), queries=np.array([120, 640, 990]),
+                 evaded=np.array([True, True, False]))
+
+
+def make_forensics_run(folder: Path) -> None:
+    """A hand-made ``forgery_localization`` scorecard in the documented shape."""
+    results = [{"job_id": f"clean-{p}", "detector": "mvss", "inpainter": p, "seen": seen,
+                "auc": auc, "auc_ci": [auc - 0.05, auc + 0.05], "f1": f1, "n": 50}
+               for p, seen, auc, f1 in (("lama", True, 0.91, 0.72), ("sd2", False, 0.68, 0.41))]
+    results += [{"job_id": f"jpeg-{q}", "detector": "mvss", "perturbation": "jpeg",
+                 "strength": q, "eps_label": f"q{q}", "auc": 0.9 - (100 - q) / 100, "f1": 0.5}
+                for q in (90, 70, 50)]
+    card = {"schema_version": 1, "task": "forgery_localization", "name": "forensics-fixture",
+            "provenance": _provenance({"name": "forensics-fixture",
+                                       "target": {"detector": "mvss"}}),
+            "results": results, "checks": [], "files": {"examples": "examples"}}
+    _write_json(folder / "scorecard.json", card)
+    image = _images(2, size=24, seed=1)
+    mask = np.zeros((2, 24, 24), dtype=bool)
+    mask[:, 6:16, 8:18] = True
+    score = np.where(mask, 0.8, 0.1).astype(np.float32)
+    (folder / "examples").mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "examples" / "clean-lama.npz", image=image, mask=mask, score_map=score,
+             inpainter=np.array(["lama", "lama"]))
+
+
+@pytest.fixture(scope="module")
+def store(tiny_run: tuple[Any, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import arange
+
+    root = tmp_path_factory.mktemp("dashboard-store")
+    _, tiny_dir = tiny_run
+    shutil.copytree(tiny_dir, root / "tiny")
+    arange.run(_second_run_scenario(), out=root / "tiny-b", progress=False)
+    broken = root / "broken"
+    shutil.copytree(tiny_dir, broken / "corrupt")
+    text = (broken / "corrupt" / "scorecard.json").read_text()
+    (broken / "corrupt" / "scorecard.json").write_text(text[: len(text) // 2])
+    shutil.copytree(tiny_dir, broken / "old-schema")
+    card = json.loads((broken / "old-schema" / "scorecard.json").read_text())
+    card["schema_version"] = 0
+    _write_json(broken / "old-schema" / "scorecard.json", card)
+    shutil.copytree(tiny_dir, broken / "invalid")
+    card = json.loads((broken / "invalid" / "scorecard.json").read_text())
+    del card["results"][0]["eps"]
+    _write_json(broken / "invalid" / "scorecard.json", card)
+    shutil.copytree(tiny_dir, root / "damaged-side-files")
+    for name in ("samples.json", *(f"examples/{p.name}" for p in
+                                   (tiny_dir / "examples").glob("*.npz"))):
+        data = (root / "damaged-side-files" / name).read_bytes()
+        (root / "damaged-side-files" / name).write_bytes(data[: len(data) // 3])
+    shutil.copytree(tiny_dir, root / "no-side-files")
+    (root / "no-side-files" / "samples.json").unlink()
+    shutil.rmtree(root / "no-side-files" / "examples")
+    make_hash_run(root / "hash-fixture")
+    make_hash_run(root / "hash-empty", with_data=False)
+    make_forensics_run(root / "forensics-fixture")
+    return root
+
+
+def _card(store: Path, run_id: str) -> dict[str, Any]:
+    return json.loads((store / run_id / "scorecard.json").read_text())  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------------------- AppTest helpers
+
+def _app(runs: Path, monkeypatch: pytest.MonkeyPatch, page: str, **params: str) -> Any:
+    from arange.dashboard import APP_PATH, RUNS_ENV
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv(RUNS_ENV, str(runs))
+    at = AppTest.from_file(str(APP_PATH), default_timeout=APP_TIMEOUT)
+    at.query_params["page"] = page
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _texts(at: Any) -> str:
+    parts = []
+    for kind in ("title", "markdown", "caption", "info", "warning", "error", "success",
+                 "subheader"):
+        parts += [str(e.value) for e in getattr(at, kind)]
+    return "\n".join(parts)
+
+
+def _no_crash(at: Any) -> None:
+    assert not at.exception
+    assert "could not be shown" not in _texts(at)
+    assert "Traceback" not in _texts(at)
+
+
+def _chart_frames(at: Any) -> list[Any]:
+    from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
+
+    frames = []
+    for chart in at.get("vega_lite_chart"):
+        for ds in chart.proto.datasets:
+            frames.append(convert_arrow_bytes_to_pandas_df(ds.data.data))
+    return frames
+
+
+# ---------------------------------------------------------------------------- runs page
+
+def test_runs_page_lists_real_runs_and_flags_broken_ones(
+        store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = _app(store, monkeypatch, "runs")
+    _no_crash(at)
+    df = at.dataframe[0].value
+    assert set(df["run"]) >= {"tiny", "tiny-b", "no-side-files", "hash-fixture",
+                              "forensics-fixture"}
+    tiny = _card(store, "tiny")
+    row = df[df["run"] == "tiny"].iloc[0]
+    assert row["clean accuracy"] == pytest.approx(tiny["clean"][0]["accuracy"])
+    assert row["lowest robust accuracy"] == pytest.approx(
+        min(w["robust_accuracy"] for w in tiny["worst_case"]))
+    assert row["task"] == "classification" and row["target"] == "resnet20 on digits"
+    assert df[df["run"] == "tiny-b"].iloc[0]["gate"] == "not evaluated"
+    assert df[df["run"] == "tiny"].iloc[0]["gate"] == "no gates"
+    errors = "\n".join(e.value for e in at.error)
+    assert "broken/corrupt" in errors and "damaged (not valid JSON" in errors
+    assert "broken/old-schema" in errors and "older schema (schema_version 0)" in errors
+
+
+def test_runs_page_filters_and_sorts(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = _app(store, monkeypatch, "runs")
+    at.text_input(key="runs_filter").set_value("tiny-b").run()
+    assert list(at.dataframe[0].value["run"]) == ["tiny-b"]
+    at.text_input(key="runs_filter").set_value("").run()
+    at.multiselect(key="runs_task").set_value(["classification"]).run()
+    at.selectbox(key="runs_sort").set_value("lowest robust accuracy").run()
+    df = at.dataframe[0].value
+    assert set(df["task"]) == {"classification"}
+    values = list(df["lowest robust accuracy"])
+    assert values == sorted(values)
+
+
+def test_empty_and_missing_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for runs in (tmp_path / "does-not-exist", tmp_path):
+        for page in ("runs", "scorecard", "examples", "compare", "hash", "forensics"):
+            at = _app(runs, monkeypatch, page)
+            _no_crash(at)
+            text = _texts(at)
+            assert "Run a scenario first" in text or "no data of this kind" in text, (page, text)
+            if runs == tmp_path:
+                assert "No runs found" in text or "no data of this kind" in text
+
+
+# ---------------------------------------------------------------------------- scorecard page
+
+def test_scorecard_page_on_a_real_run(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = _app(store, monkeypatch, "scorecard", run="tiny-b")
+    _no_crash(at)
+    card = _card(store, "tiny-b")
+    assert at.title[0].value == "Scorecard: tiny-b"
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Clean accuracy"] == f"{card['clean'][0]['accuracy']:.3f}"
+    assert metrics["Gates"] == "not evaluated"
+    # the chart holds every result and the worst case, with CI bounds
+    frames = _chart_frames(at)
+    assert frames
+    data = frames[0]
+    pgd = card["results"][0]
+    got = data[(data["series"] == "pgd")].iloc[0]
+    assert got["robust_accuracy"] == pytest.approx(pgd["robust_accuracy"])
+    assert got["ci_lo"] == pytest.approx(pgd["robust_accuracy_ci"][0])
+    assert got["eps"] == pytest.approx(pgd["eps"] * 255)  # L-inf axis in 1/255 steps
+    worst = data[data["series"] == "worst case"]
+    assert list(worst["robust_accuracy"]) == pytest.approx(
+        [w["robust_accuracy"] for w in card["worst_case"]])
+    text = _texts(at)
+    for check in card["checks"]:
+        assert f"**{check['name']}**: {check['message']}" in text
+    assert "Why it matters" in text
+    assert "Gates: not evaluated" in text and "arange gate" in text
+    gate_table = at.dataframe[-1].value
+    assert list(gate_table["name"]) == ["pgd-floor"]
+    assert list(gate_table["status"]) == ["not evaluated"]
+    assert [b.label for b in at.download_button] == ["Scorecard JSON", "Report (Markdown)",
+                                                     "Report (HTML)"]
+    # filtering the chart to one attack drops the others
+    at.multiselect(key="sc_attacks").set_value(["noise"]).run()
+    data = _chart_frames(at)[0]
+    assert set(data["series"]) == {"noise", "worst case"}
+
+
+def test_scorecard_shows_gate_results_when_evaluated(
+        store: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    shutil.copytree(store / "tiny-b", runs / "tiny-b")
+    _write_json(runs / "tiny-b" / "gates.json", {
+        "passed": False,
+        "rules": [{"name": "pgd-floor", "metric": "robust_accuracy", "passed": False,
+                   "checks": [{"kind": "min", "value": 0.01, "threshold": 0.05}]}]})
+    at = _app(runs, monkeypatch, "scorecard", run="tiny-b")
+    _no_crash(at)
+    assert {m.label: m.value for m in at.metric}["Gates"] == "fail"
+    assert "fails at least one release gate" in _texts(at)
+    gate_rows = at.dataframe[-1].value
+    assert list(gate_rows["status"]) == ["fail"] and list(gate_rows["gate"]) == ["pgd-floor"]
+    assert list(gate_rows["threshold"]) == [0.05]
+    (runs / "tiny-b" / "gates.json").write_text("{not json")
+    at = _app(runs, monkeypatch, "scorecard", run="tiny-b")
+    _no_crash(at)
+    assert any("gates.json" in e.value and "damaged" in e.value for e in at.error)
+
+
+@pytest.mark.parametrize("run_id, expected", [
+    ("broken/corrupt", "is damaged (not valid JSON at line"),
+    ("broken/old-schema", ("uses an older schema (schema_version 0); this dashboard reads "
+                           "version 1")),
+    ("broken/invalid", "invalid scorecard: results.0.eps: Field required"),
+])
+def test_unreadable_scorecards_show_a_message(store: Path, monkeypatch: pytest.MonkeyPatch,
+                                              run_id: str, expected: str) -> None:
+    for page in ("scorecard", "examples"):
+        at = _app(store, monkeypatch, page, run=run_id)
+        _no_crash(at)
+        assert any(expected in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_missing_side_files_show_a_message(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = _app(store, monkeypatch, "scorecard", run="no-side-files")
+    _no_crash(at)
+    warnings = "\n".join(w.value for w in at.warning)
+    assert "samples.json" in warnings and "is missing" in warnings
+    assert "no example images" in warnings
+    assert at.get("vega_lite_chart")  # the scorecard itself still shows
+    at = _app(store, monkeypatch, "examples", run="no-side-files")
+    _no_crash(at)
+    assert any("examples folder is missing" in w.value for w in at.warning)
+
+
+def test_damaged_side_files_show_a_message(store: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    at = _app(store, monkeypatch, "scorecard", run="damaged-side-files")
+    _no_crash(at)
+    assert any("samples.json" in w.value and "is damaged" in w.value for w in at.warning)
+    at = _app(store, monkeypatch, "examples", run="damaged-side-files")
+    _no_crash(at)
+    assert any(".npz" in w.value and "example images file is damaged" in w.value
+               for w in at.warning), [w.value for w in at.warning]
+    at = _app(store, monkeypatch, "compare", a="damaged-side-files", b="tiny")
+    _no_crash(at)
+    assert set(at.dataframe[0].value["test"]) == {"Fisher exact (unpaired)"}
+
+
+# ---------------------------------------------------------------------------- gallery
+
+def test_examples_gallery_on_a_real_run(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    card = _card(store, "tiny")
+    job = next(r for r in card["results"] if r["attack"] == "pgd" and r["eps_label"] == "16/255")
+    at = _app(store, monkeypatch, "examples", run="tiny", job=job["job_id"])
+    _no_crash(at)
+    with np.load(store / "tiny" / "examples" / f"{job['job_id']}.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    n = len(arrays["index"])
+    captions = [c for im in at.image for c in im.captions]
+    assert captions.count("adversarial") == n
+    assert sum(c.startswith("clean #") for c in captions) == n
+    assert any(c.startswith("perturbation x") for c in captions)
+    verdicts = [m.value for m in at.markdown if "true label" in m.value]
+    assert len(verdicts) == n
+    for i, text in enumerate(verdicts):
+        assert f"true label **{arrays['label'][i]}**" in text
+        assert f"adversarial prediction **{arrays['adv_pred'][i]}**" in text
+        conf = arrays["adv_prob"][i][arrays["adv_pred"][i]]
+        assert f"**{arrays['adv_pred'][i]}** ({conf:.0%})" in text
+        assert ("evaded" in text) == (arrays["adv_pred"][i] != arrays["label"][i])
+    # another job through the selector
+    other = next(r for r in card["results"] if r["job_id"] != job["job_id"])
+    at.selectbox(key="job").set_value(other["job_id"]).run()
+    _no_crash(at)
+    assert at.query_params["job"] == other["job_id"]
+
+
+def test_gallery_images_are_the_saved_ones() -> None:
+    from arange.dashboard.images import amplified_perturbation, ssim, to_display
+
+    clean = np.zeros((1, 4, 4), dtype=np.uint8) + 100
+    adv = clean.copy()
+    adv[0, 0, 0] = 104
+    adv[0, 1, 1] = 98
+    pert, factor = amplified_perturbation(clean, adv)
+    assert factor == pytest.approx(127 / 4)
+    assert pert[0, 0, 0] == 255 and pert[0, 1, 1] == round(128 - 2 * 127 / 4)
+    assert pert[0, 2, 2] == 128
+    shown = to_display(clean)
+    assert shown.shape == (128, 128) and shown.dtype == np.uint8
+    assert ssim(clean, clean) == pytest.approx(1.0)
+
+
+def test_ssim_matches_scikit_image() -> None:
+    skimage = pytest.importorskip("skimage.metrics")
+    from arange.dashboard.images import ssim
+
+    a = _images(1, size=32)[0]
+    b = np.clip(a.astype(int) + np.random.default_rng(3).integers(-30, 30, a.shape), 0, 255)
+    ref = skimage.structural_similarity(a.mean(0), b.astype(np.uint8).mean(0), win_size=7,
+                                        data_range=255, use_sample_covariance=False)
+    assert ssim(a, b.astype(np.uint8)) == pytest.approx(ref, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------- compare
+
+def test_compare_two_real_runs(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = _app(store, monkeypatch, "compare", a="tiny", b="tiny-b")
+    _no_crash(at)
+    a, b = _card(store, "tiny"), _card(store, "tiny-b")
+    df = at.dataframe[0].value
+    clean = df[df["measure"] == "clean"].iloc[0]
+    assert clean["A"] == pytest.approx(a["clean"][0]["accuracy"])
+    assert clean["change"] == pytest.approx(0.0)
+    assert clean["verdict"] == "unchanged"
+    row = df[(df["attack"] == "pgd") & (df["eps"] == "4/255")].iloc[0]
+    ra = next(r for r in a["results"] if r["attack"] == "pgd" and r["eps_label"] == "4/255")
+    rb = next(r for r in b["results"] if r["attack"] == "pgd" and r["eps_label"] == "4/255")
+    assert row["A"] == pytest.approx(ra["robust_accuracy"])
+    assert row["B"] == pytest.approx(rb["robust_accuracy"])
+    assert row["change"] == pytest.approx(rb["robust_accuracy"] - ra["robust_accuracy"])
+    # the runs scored the same samples: paired McNemar on the real per-sample outcomes
+    sa = json.loads((store / "tiny" / "samples.json").read_text())["jobs"][ra["job_id"]]
+    sb = json.loads((store / "tiny-b" / "samples.json").read_text())["jobs"][rb["job_id"]]
+    lost = sum(1 for x, y in zip(sa["robust"], sb["robust"], strict=True) if x and not y)
+    gained = sum(1 for x, y in zip(sa["robust"], sb["robust"], strict=True) if y and not x)
+    assert row["test"] == f"McNemar (paired: {lost} lost, {gained} gained)"
+    from arange.dashboard.stats import mcnemar_exact
+    assert row["p"] == pytest.approx(mcnemar_exact(lost, gained))
+    assert set(df["measure"]) == {"clean", "attack", "worst case"}
+    text = _texts(at)
+    assert "matched numbers are lower in tiny-b than in tiny" in text
+    only_b = next(c.value for c in at.caption if c.value.startswith("Only in B: "))
+    assert "noise linf 4/255 [none]" in only_b and "pgd linf 8/255 [none]" in only_b
+    assert any(c.value.startswith("Only in A: fgsm linf 4/255") for c in at.caption)
+    assert _chart_frames(at)
+
+
+def test_compare_without_samples_uses_unpaired_test(
+        store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = _app(store, monkeypatch, "compare", a="no-side-files", b="tiny-b")
+    _no_crash(at)
+    assert any("unpaired tests" in i.value for i in at.info)
+    assert any("samples.json" in i.value and "missing" in i.value for i in at.info)
+    assert set(at.dataframe[0].value["test"]) == {"Fisher exact (unpaired)"}
+
+
+def test_significance_tests_match_scipy() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    from arange.dashboard.stats import fisher_exact, holm, mcnemar_exact
+
+    for b, c in ((0, 0), (3, 0), (10, 2), (7, 9), (40, 15)):
+        ref = stats.binomtest(min(b, c), b + c, 0.5).pvalue if b + c else 1.0
+        assert mcnemar_exact(b, c) == pytest.approx(ref, rel=1e-9)
+    for k1, n1, k2, n2 in ((3, 10, 8, 10), (50, 96, 38, 96), (0, 5, 5, 5), (12, 40, 30, 100)):
+        ref = stats.fisher_exact([[k1, n1 - k1], [k2, n2 - k2]]).pvalue
+        assert fisher_exact(k1, n1, k2, n2) == pytest.approx(ref, rel=1e-7)
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+
+
+# ---------------------------------------------------------------------------- hash, forensics
+
+def test_hash_page(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = _app(store, monkeypatch, "hash", hash_matching_run="hash-fixture")
+    _no_crash(at)
+    text = _texts(at)
+    for heading in ("Evasion rate vs budget", "Evasion rate vs queries",
+                    "Threshold trade-off"):
+        assert heading in text
+    assert "no data of this kind" not in text
+    frames = _chart_frames(at)
+    assert len(frames) == 3
+    budget, queries, tradeoff = frames
+    assert set(budget["series"]) == {"hash-pgd (pdq)", "hash-square (pdq)"}
+    assert sorted(queries["queries"].unique()) == [100, 500, 1000]
+    assert list(tradeoff["fpr"]) == pytest.approx([8 / 256, 16 / 256, 31 / 256, 48 / 256])
+    # the degraded scorecard says so instead of failing
+    at.selectbox(key="hash_matching_run").set_value("hash-empty").run()
+    _no_crash(at)
+    assert any("no data of this kind" in i.value for i in at.info)
+    # the gallery: original vs evading image with Hamming distance, SSIM and queries
+    at = _app(store, monkeypatch, "examples", run="hash-fixture", job="hash-square-1")
+    _no_crash(at)
+    facts = [m.value for m in at.markdown if "SSIM" in m.value]
+    assert len(facts) == 3
+    assert "Hamming distance **44**" in facts[0] and "queries **120**" in facts[0]
+    assert "still **matched**" in facts[2]
+
+
+def test_forensics_page(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = _app(store, monkeypatch, "forensics")
+    _no_crash(at)
+    table = at.dataframe[0].value
+    assert dict(zip(table["inpainter"], table["seen"], strict=True)) == {"lama": "seen",
+                                                                         "sd2": "unseen"}
+    bars, curves = _chart_frames(at)
+    assert set(bars["seen"]) == {"seen", "unseen"}
+    assert sorted(curves[curves["metric"] == "auc"]["strength"]) == [50, 70, 90]
+    at = _app(store, monkeypatch, "examples", run="forensics-fixture", job="clean-lama")
+    _no_crash(at)
+    captions = [c for im in at.image for c in im.captions]
+    assert captions.count("true mask") == 2
+    assert sum("detector map" in c for c in captions) == 2
+    # a classification run on a task page: no data of this kind, with the reason
+    at = _app(store, monkeypatch, "forensics", run="tiny")
+    assert at.title[0].value == "Forgery localisation"
+
+
+def test_task_views_degrade_on_missing_fields() -> None:
+    from arange.dashboard import forensics_view, hash_view
+
+    for card in ({}, {"results": "nonsense"}, {"results": [{"attack": "x"}, 3, None]}):
+        assert hash_view.hash_rows(card) == []
+        assert hash_view.query_curve_rows(card) == []
+        assert hash_view.tradeoff_rows(card) == []
+        assert forensics_view.inpainter_rows(card) == []
+        assert forensics_view.robustness_rows(card) == []
+        assert hash_view.hash_headline(card) == {}
+
+
+# ---------------------------------------------------------------------------- report, safety
+
+def test_report_markdown_and_html(store: Path) -> None:
+    from arange.dashboard.data import load_run
+    from arange.dashboard.report import to_html, to_markdown
+
+    run = load_run(store, store / "tiny-b")
+    card = _card(store, "tiny-b")
+    md = to_markdown(run)
+    assert md.startswith("# arange report: tiny-b")
+    pgd = card["results"][0]
+    assert (f"| none | pgd | white-box | linf | {pgd['eps_label']} | "
+            f"{pgd['robust_accuracy']:.4g} |") in md
+    assert "## Gates (not evaluated)" in md and "pgd-floor" in md
+    html = to_html(run)
+    assert html.startswith("<!doctype html>") and "<script" not in html
+    assert f"<td>{pgd['robust_accuracy']:.4g}</td>" in html
+    evil = load_run(store, store / "tiny-b")
+    assert evil.card is not None
+    evil.card["name"] = "<img src=x onerror=alert(1)>"
+    assert "<img src=x" not in to_html(evil) and "&lt;img src=x" in to_html(evil)
+
+
+def test_dashboard_never_imports_torch(store: Path) -> None:
+    code = f"""
+import os, sys
+os.environ["ARANGE_DASHBOARD_RUNS"] = {str(store)!r}
+from streamlit.testing.v1 import AppTest
+from arange.dashboard import APP_PATH
+pages = [("runs", {{}}), ("scorecard", {{"run": "tiny"}}), ("examples", {{"run": "tiny"}}),
+         ("compare", {{"a": "tiny", "b": "tiny-b"}}), ("hash", {{}}), ("forensics", {{}})]
+for page, params in pages:
+    at = AppTest.from_file(str(APP_PATH), default_timeout=60)
+    at.query_params.update(page=page, **params)
+    at.run()
+    assert not at.exception, (page, [e.value for e in at.exception])
+    assert at.title, page
+print("torch loaded:", "torch" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "torch loaded: False" in out.stdout
+
+
+def test_cli_dashboard_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from arange.dashboard import streamlit_command
+
+    from arange.cli import main
+
+    cmd = streamlit_command()
+    assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--browser.gatherUsageStats") + 1] == "false"
+    not_a_folder = tmp_path / "file.txt"
+    not_a_folder.write_text("x")
+    assert main(["dashboard", "--runs", str(not_a_folder)]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["dashboard", "--runs", str(tmp_path), "--port", str(port)]) == 2
+    assert "cannot listen there" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["dashboard", "--port", "70000"])
+    assert e.value.code == 2
+
+
+# ---------------------------------------------------------------------------- end to end
+
+def _chromium() -> tuple[str, str]:
+    """Paths of Chromium and chromedriver, installing the Debian packages if missing."""
+    def found() -> tuple[str, str] | None:
+        chrome = shutil.which("chromium")
+        driver = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+        return (chrome, driver) if chrome and Path(driver).is_file() else None
+
+    paths = found()
+    if paths is None:
+        reason = ""
+        if shutil.which("apt-get") is None:
+            reason = "apt-get is not available"
+        else:
+            env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+            for cmd in (["apt-get", "update"],
+                        ["apt-get", "install", "-y", "chromium", "chromium-driver"]):
+                try:
+                    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                                          env=env, check=False)
+                except (OSError, subprocess.TimeoutExpired) as e:
+                    reason = f"{' '.join(cmd)} failed: {e}"
+                    break
+                if done.returncode != 0:
+                    reason = f"{' '.join(cmd)} exited {done.returncode}: {done.stderr[-500:]}"
+                    break
+        paths = found()
+        if paths is None:
+            message = ("the end-to-end dashboard test needs Chromium and chromedriver (Debian "
+                       f"packages chromium, chromium-driver): {reason or 'not found'}")
+            if os.environ.get("CI") == "true":
+                pytest.fail(message)
+            pytest.skip(message)
+    return paths
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses (hex, as in /proc/net/tcp*) of sockets listening on ``port``."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            addr, hex_port = fields[1].split(":")
+            if int(hex_port, 16) == port and fields[3] == "0A":  # 0A: LISTEN
+                found.add(addr)
+    return found
+
+
+@pytest.fixture
+def dashboard_server(store: Path, tmp_path: Path) -> Iterator[str]:
+    port = _free_port()
+    log = (tmp_path / "server.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "arange.cli", "dashboard", "--runs",
+                             str(store), "--port", str(port)], stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                pytest.fail("the dashboard did not start:\n" +
+                            (tmp_path / "server.log").read_text()[-3000:])
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    # stopping `arange dashboard` stops the Streamlit server it started (no orphan)
+    deadline = time.monotonic() + 20
+    while _listening_addresses(port) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _listening_addresses(port)
+
+
+def test_end_to_end_in_headless_chromium(dashboard_server: str, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    chrome, driver_path = _chromium()
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (test extra)")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    port = int(dashboard_server.rsplit(":", 1)[1])
+    # bound to the loopback address only (127.0.0.1 is 0100007F in /proc/net/tcp)
+    assert _listening_addresses(port) == {"0100007F"}
+    options = webdriver.ChromeOptions()
+    options.binary_location = chrome
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--window-size=1400,2200",
+                 f"--user-data-dir={tmp_path / 'chrome-profile'}"):
+        options.add_argument(flag)
+    monkeypatch.setenv("SE_OFFLINE", "true")  # never let Selenium Manager download anything
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    pages = [
+        # table cells are drawn on a canvas: wait for text around the table
+        ("runs", "", ["Runs", "10 of 10 run(s) shown", "Runs that cannot be shown",
+                      "older schema"]),
+        ("scorecard", "&run=tiny", ["Scorecard: tiny", "Validity checks", "monotonic_eps",
+                                    "Why it matters", "Report (HTML)"]),
+        ("examples", "&run=tiny", ["Examples gallery", "adversarial prediction",
+                                   "perturbation x"]),
+        ("compare", "&a=tiny&b=tiny-b", ["Compare runs", "matched numbers are lower",
+                                         "Significantly weaker", "Only in B"]),
+        ("hash", "&hash_matching_run=hash-fixture", ["Evasion rate vs budget",
+                                                     "Threshold trade-off"]),
+        ("forensics", "", ["Per-inpainter AUC", "Robustness curves"]),
+    ]
+    try:
+        for page, params, expected in pages:
+            driver.get(f"{dashboard_server}/?page={page}{params}")
+
+            def rendered(d: Any, expected: list[str] = expected) -> bool:
+                body = d.find_element(By.TAG_NAME, "body").text
+                return all(e in body for e in expected)
+
+            try:
+                WebDriverWait(driver, 60, poll_frequency=0.5).until(rendered)
+            finally:
+                driver.save_screenshot(str(ARTIFACTS / f"{page}.png"))
+            body = driver.find_element(By.TAG_NAME, "body").text
+            assert "could not be shown" not in body and "Traceback" not in body, page
+            if page in ("scorecard", "compare", "hash", "forensics"):
+                WebDriverWait(driver, 30).until(
+                    lambda d: d.find_elements(By.CSS_SELECTOR, ".vega-embed canvas, "
+                                                               ".vega-embed svg"))
+                if page in ("scorecard", "hash"):
+                    time.sleep(0.5)  # let the charts finish drawing before the screenshot
+                    driver.save_screenshot(str(ARTIFACTS / f"{page}.png"))
+            if page == "examples":
+                WebDriverWait(driver, 30).until(
+                    lambda d: len(d.find_elements(By.CSS_SELECTOR, "img")) >= 3)
+                driver.save_screenshot(str(ARTIFACTS / f"{page}.png"))
+    finally:
+        driver.quit()
+    assert all((ARTIFACTS / f"{p}.png").stat().st_size > 10_000 for p, _, _ in pages)
