@@ -19,7 +19,7 @@ from torch import nn
 
 from .expr import format_eps
 from .scenario import AttackSpec, DefenseSpec, Scenario
-from .scorecard import Check, ResultRow
+from .scorecard import Check, CheckStatus, ResultRow
 from .threat import Norm
 
 RowCheck = Callable[[list[ResultRow]], Check]
@@ -100,7 +100,7 @@ def _compare(rows: list[ResultRow], name: str, strong: Callable[[ResultRow], boo
 
 def check_iterative_vs_single_step(rows: list[ResultRow]) -> Check:
     return _compare(rows, "iterative_vs_single_step",
-                    lambda r: r.kind == "white-box" and _iterative(r),
+                    lambda r: r.kind == "white-box" and _iterative(r) and not _minimal(r),
                     lambda r: r.kind == "white-box" and not _iterative(r),
                     "iterative vs single-step white-box attacks",
                     "the iterative attack is weaker than one gradient step, a sign of gradient "
@@ -109,11 +109,20 @@ def check_iterative_vs_single_step(rows: list[ResultRow]) -> Check:
 
 def check_whitebox_vs_weaker(rows: list[ResultRow]) -> Check:
     return _compare(rows, "whitebox_vs_blackbox",
-                    lambda r: r.kind == "white-box" and _iterative(r),
+                    lambda r: r.kind == "white-box" and _iterative(r) and not _minimal(r),
                     lambda r: r.kind in ("black-box", "noise", "transfer"),
                     "white-box vs black-box/transfer/noise attacks",
                     "a white-box attack should never lose to a weaker threat model; its "
                     "gradients are likely masked")
+
+
+def _minimal(r: ResultRow) -> bool:
+    """Minimal-norm attacks (DeepFool, C&W, FMN) do not optimise within eps; projected onto a
+    small ball they can lose to a one-step attack without any gradient masking."""
+    from .registry import ATTACKS
+    if r.attack_name.startswith("suite:") or r.attack_name not in ATTACKS:
+        return False
+    return bool(getattr(ATTACKS.get(r.attack_name), "minimal_norm", False))
 
 
 def _iterative(r: ResultRow) -> bool:
@@ -355,7 +364,7 @@ def check_large_eps(ej: ExtraJob, robust: torch.Tensor) -> Check:
         return Check(name=name, status="pass", message=f"{budget} drives accuracy to "
                      f"{acc:.1%} on {labels_n} samples (chance {bound:.0%}): attacks can reach "
                      "the model", details=details)
-    status = "warn" if acc <= 2 * bound else "fail"
+    status: CheckStatus = "warn" if acc <= 2 * bound else "fail"
     return Check(name=name, status=status, message=f"{budget} still leaves {acc:.1%} accuracy "
                  f"on {labels_n} samples (chance {bound:.0%}): even an absurd budget cannot move "
                  "this model, a sign of masked gradients; its robust accuracies are not "

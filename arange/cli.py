@@ -302,17 +302,17 @@ def format_summary(card: object) -> str:
     for c in card.clean:
         lo, hi = c.accuracy_ci
         lines.append(f"clean accuracy [{c.defense}]: {c.accuracy:.3f} (95% CI {lo:.3f}-{hi:.3f})")
-    header = f"{'defense':<12} {'attack':<14} {'norm':<5} {'eps':>8} {'robust acc':>10} " \
+    header = f"{'defense':<12} {'attack':<20} {'norm':<5} {'eps':>8} {'robust acc':>10} " \
              f"{'95% CI':>13} {'success':>8} {'max pert':>9} {'secs':>7}"
     lines += ["", header, "-" * len(header)]
     for r in card.results:
         lo, hi = r.robust_accuracy_ci
-        lines.append(f"{r.defense:<12} {r.attack:<14} {r.norm:<5} {r.eps_label:>8} "
+        lines.append(f"{r.defense:<12} {r.attack:<20} {r.norm:<5} {r.eps_label:>8} "
                      f"{r.robust_accuracy:>10.3f} {f'{lo:.3f}-{hi:.3f}':>13} "
                      f"{r.attack_success_rate:>8.3f} {r.perturbation_max:>9.4f} {r.seconds:>7.1f}")
     for w in card.worst_case:
         lo, hi = w.robust_accuracy_ci
-        lines.append(f"{w.defense:<12} {'worst case':<14} {w.norm:<5} {w.eps_label:>8} "
+        lines.append(f"{w.defense:<12} {'worst case':<20} {w.norm:<5} {w.eps_label:>8} "
                      f"{w.robust_accuracy:>10.3f} {f'{lo:.3f}-{hi:.3f}':>13}")
     lines.append("")
     lines.append("checks:")

@@ -174,7 +174,7 @@ def run_job(job: Job, model: nn.Module, data: ImageDataset, attack_mask: torch.T
             clean_pred: torch.Tensor, s: Scenario, device: torch.device,
             bar: Any = None) -> dict[str, Any]:
     """Attack the samples in ``attack_mask`` and return the job record (per-sample outcomes)."""
-    attack = ATTACKS.create(job.attack.name, **job.attack.params)
+    attack = ATTACKS.create(str(job.attack.name), **job.attack.params)
     threat = ThreatModel(job.attack.norm, job.eps, quantize=s.target.quantize)
     objective = Misclassification()
     gen = torch.Generator(device=device).manual_seed(int(job.key[:12], 16))
@@ -294,7 +294,7 @@ def _row(job: Job, rec: dict[str, Any], data: ImageDataset, clean_acc: float,
     q = rec.get("queries")
     return ResultRow(
         job_id=job.job_id, defense=job.defense.key, attack=job.attack.key,
-        attack_name=job.attack.name, kind=rec["attack_kind"], norm=job.attack.norm.value,
+        attack_name=str(job.attack.name), kind=rec["attack_kind"], norm=job.attack.norm.value,
         eps=job.eps, eps_label=format_eps(job.eps), params=rec["params"], n=n,
         n_attacked=n_att, cumulative=cascade, clean_accuracy=clean_acc,
         robust_accuracy=k / n, robust_accuracy_ci=wilson_interval(k, n),
@@ -382,13 +382,15 @@ def run_scenario(s: Scenario, out: str | Path | None = None, *, device: str | No
     worst = _worst_case(records, data, s)
     extra = _run_extra_jobs(s, records, rows, defended, data, correct, clean_pred, dev,
                             jobs_dir, resume, _job_context(s, target.weights_sha256, data_fp))
+    reused += sum(1 for _, rec in extra if rec.get("_reused"))
     checks = run_row_checks(rows) + checks + evaluate_extra_jobs(s, extra)
 
-    samples = {"schema_version": 1, "n": len(data), "labels": data.y.tolist(),
-               "clean_pred": {k: v.tolist() for k, v in clean_pred.items()},
-               "jobs": {j.job_id: {"robust": r["robust"], "adv_pred": r["adv_pred"],
-                                   "perturbation": r["perturbation"],
-                                   "attacked": r["attacked"]} for j, r in records}}
+    samples: dict[str, Any] = {
+        "schema_version": 1, "n": len(data), "labels": data.y.tolist(),
+        "clean_pred": {k: v.tolist() for k, v in clean_pred.items()},
+        "jobs": {j.job_id: {"robust": r["robust"], "adv_pred": r["adv_pred"],
+                            "perturbation": r["perturbation"],
+                            "attacked": r["attacked"]} for j, r in records}}
     samples["jobs"].update(suite_samples)
     atomic_write_json(out_dir / "samples.json", samples)
 
@@ -501,6 +503,8 @@ def _run_extra_jobs(s: Scenario, records: list[tuple[Job, dict[str, Any]]],
             rec.pop("_examples", None)
             rec["check"] = ej.check
             atomic_write_json(path, rec)
+        else:
+            rec["_reused"] = True  # counted in provenance.jobs_reused; never written back
         done.append((ej, rec))
     return done
 

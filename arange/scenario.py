@@ -358,7 +358,7 @@ def validate_components(s: Scenario, source: str = "<scenario>") -> None:
         if a.suite is not None:
             _validate_suite(a, i, source)
         else:
-            attack = _check_component(ATTACKS, a.name, a.params, source, f"attacks[{i}].name",
+            attack = _check_component(ATTACKS, str(a.name), a.params, source, f"attacks[{i}].name",
                                       f"attacks[{i}].params")
             norms = getattr(attack, "norms", (Norm.linf, Norm.l2))
             if a.norm not in norms:

@@ -18,6 +18,9 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
         return (0.0, 1.0)
     p = successes / n
     denom = 1 + z * z / n
+    if successes == 0 or successes == n:  # the closed-form bound is exact here; avoid 1e-18 noise
+        edge = z * z / (n + z * z)
+        return (0.0, edge) if successes == 0 else (1 - edge, 1.0)
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return (max(0.0, centre - half), min(1.0, centre + half))

@@ -145,9 +145,9 @@ class FAB(Attack):
             else grad_all.flatten(2).norm(dim=2)
         dist = g_all.abs() / (dual + 1e-12)
         dist = dist.scatter(1, y[:, None], float("inf"))
-        k = dist.argmin(dim=1)
-        g = g_all.gather(1, k[:, None]).squeeze(1)
-        grad = grad_all[torch.arange(xa.shape[0], device=xa.device), k]
+        closest = dist.argmin(dim=1)
+        g = g_all.gather(1, closest[:, None]).squeeze(1)
+        grad = grad_all[torch.arange(xa.shape[0], device=xa.device), closest]
         return g, grad
 
     def _one_run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,

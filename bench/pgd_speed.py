@@ -31,16 +31,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timeit(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    fn()  # warm-up
+def timeit_all(fns: dict[str, Callable[[], object]], device: torch.device,
+               repeats: int) -> dict[str, float]:
+    """Median seconds per method; the methods take turns so background load hits all alike."""
+    for fn in fns.values():
+        fn()  # warm-up
     _sync(device)
-    times = []
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main() -> None:
@@ -82,8 +86,7 @@ def main() -> None:
         def ours() -> None:
             pgd.run(model, x, y, threat, obj, None)
 
-        results = {"floor": timeit(floor, device, args.repeats),
-                   "arange": timeit(ours, device, args.repeats)}
+        fns: dict[str, Callable[[], object]] = {"floor": floor, "arange": ours}
         if "art" not in args.skip:
             from art.attacks.evasion import ProjectedGradientDescent
             from art.estimators.classification import PyTorchClassifier
@@ -94,15 +97,15 @@ def main() -> None:
                                                max_iter=k, num_random_init=1, batch_size=bs,
                                                verbose=False)
             xn, yn = x.cpu().numpy(), y.cpu().numpy()
-            results["ART"] = timeit(lambda: art_pgd.generate(xn, yn), device, args.repeats)
+            fns["ART"] = lambda: art_pgd.generate(xn, yn)
         if "foolbox" not in args.skip:
             import foolbox as fb
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=device)
             fb_pgd = fb.attacks.LinfPGD(rel_stepsize=0.25, steps=k, random_start=True)
-            results["foolbox"] = timeit(lambda: fb_pgd(fmodel, x, y, epsilons=EPS), device,
-                                        args.repeats)
+            fns["foolbox"] = lambda: fb_pgd(fmodel, x, y, epsilons=EPS)
+        results = timeit_all(fns, device, args.repeats)
         base = results["floor"]
         for name, t in results.items():
             speed = "" if name in ("floor", "arange") else f"{t / results['arange']:.2f}x"

@@ -23,7 +23,7 @@ def _arange(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
 def test_run_end_to_end(tmp_path: Path) -> None:
     scenario = tmp_path / "tiny.yaml"
     scenario.write_text(yaml.safe_dump(tiny_scenario(
-        attacks=[{"name": "pgd", "eps": ["8/255"], "params": {"steps": 3}}])))
+        attacks=[{"name": "pgd", "eps": ["8/255"], "params": {"steps": 10}}])))
     res = _arange("run", str(scenario), "-q", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "robust acc" in res.stdout and "worst case" in res.stdout

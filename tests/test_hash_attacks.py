@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from arange.attacks.pgd import PGD
 
+from arange.attacks.pgd import PGD
 from arange.hashing.attacks import (
     HASH_ATTACKS,
     ExactHash,

@@ -11,10 +11,10 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 import torch
-from arange.attacks.base import Attack, AttackResult
 from PIL import Image
 
 import arange
+from arange.attacks.base import Attack, AttackResult
 from arange.errors import DataError
 from arange.hashing import runner as hash_runner
 from arange.hashing.attacks import HASH_ATTACKS

@@ -64,6 +64,8 @@ BROKEN = [
      "{file}: evaluation.transfer.pdq: threshold must be an integer in [0, 255] (got 300)"),
     ("duplicate_attack", ("    eps: 32/255", "    eps: 32/255\n  - name: nes\n    eps: 16/255"),
      "{file}: attacks[1]: 'nes' is already used; give this attack a distinct 'label'"),
+    ("attack_threshold", ("    eps: 32/255", "    eps: 32/255\n    thresholds: [20]"),
+     "{file}: attacks[0].thresholds[0]: not one of target.thresholds (10) (got 20)"),
     ("eps_too_big", ("    eps: 32/255", "    eps: 2"),
      "{file}: attacks[0].eps[0]: must be > 0 and <= 1 for linf (got 2)"),
 ]
@@ -102,6 +104,15 @@ def test_shipped_scenarios_cover_the_issue() -> None:
     assert pdq.target.hash == "pdq" and 31 in pdq.target.thresholds
     coll = load_scenario(ROOT / "scenarios" / "hash_collision.yaml")
     assert all(a.goal == "collision" for a in coll.attacks)
+
+
+def test_attack_thresholds_select_jobs() -> None:
+    from arange.hashing.runner import expand_jobs
+    s = load_scenario(ROOT / "scenarios" / "hash_evasion_phash.yaml")
+    jobs = expand_jobs(s, "fingerprint", 117)
+    runs = {(j.threshold, j.attack.key) for j in jobs}
+    assert (28, "nes") not in runs and (10, "nes") in runs and (28, "pgd-surrogate") in runs
+    assert len({j.key for j in jobs}) == len(jobs) == len({j.job_id for j in jobs})
 
 
 def test_defaults_and_relative_roots(tmp_path: Path) -> None:

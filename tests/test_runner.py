@@ -133,12 +133,16 @@ def test_resume_reuses_finished_jobs(tmp_path: Path, tiny_run: tuple[Scorecard, 
     first, _ = tiny_run
     card1 = arange.run(tiny_scenario(), out=tmp_path, progress=False)
     assert card1.provenance.jobs_reused == 0
-    jobs = sorted((tmp_path / "jobs").glob("*.json"))
-    assert len(jobs) == 4
+    jobs = sorted(p for p in (tmp_path / "jobs").glob("*.json") if "__check-" not in p.name)
+    assert len(jobs) == len(card1.results) == 4  # (validity-check jobs are kept apart)
     jobs[1].unlink()
     jobs[2].write_text("{ torn")  # a torn write is re-run, not trusted
+    untouched = {p: p.stat().st_mtime_ns for p in (jobs[0], jobs[3])}
     card2 = arange.run(tiny_scenario(), out=tmp_path, progress=False)
-    assert card2.provenance.jobs_reused == 2
+    assert card2.provenance.jobs_reused >= 2
+    for p, mtime in untouched.items():
+        assert p.stat().st_mtime_ns == mtime, f"{p.name} was re-run"
+    assert jobs[1].is_file() and json.loads(jobs[2].read_text())["key"]
     strip = ("seconds",)
     for a, b, c in zip(card1.results, card2.results, first.results, strict=True):
         assert a.model_dump(exclude=set(strip)) == b.model_dump(exclude=set(strip))
@@ -146,7 +150,8 @@ def test_resume_reuses_finished_jobs(tmp_path: Path, tiny_run: tuple[Scorecard, 
 
 
 def test_changed_scenario_does_not_reuse_stale_jobs(tmp_path: Path) -> None:
-    s = tiny_scenario(attacks=[{"name": "pgd", "eps": "8/255", "params": {"steps": 2}}])
+    s = tiny_scenario(attacks=[{"name": "pgd", "eps": "8/255", "params": {"steps": 2}}],
+                      evaluation={"checks": {"large_eps": False, "more_steps": False}})
     arange.run(s, out=tmp_path, progress=False)
     s["attacks"][0]["params"]["steps"] = 3
     card = arange.run(s, out=tmp_path, progress=False)

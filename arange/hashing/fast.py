@@ -140,14 +140,6 @@ def pillow_gray(q: torch.Tensor) -> torch.Tensor:
     return out.floor_().view(n, h, w)
 
 
-def pdq_luma(q: torch.Tensor) -> torch.Tensor:
-    """pdqhash's luma: float32 of ``R*0.299 + G*0.587 + B*0.114`` evaluated in float64."""
-    if q.shape[1] == 1:
-        return q[:, 0].float()
-    d = q.double()
-    return (d[:, 0] * 0.299 + d[:, 1] * 0.587 + d[:, 2] * 0.114).float()
-
-
 # ---------------------------------------------------------------------------- DCT matrices
 
 @lru_cache(maxsize=16)
@@ -293,11 +285,9 @@ def fast_hash_levels(name: str, q: torch.Tensor, hash_size: int = 8) -> torch.Te
 
 
 def hash_bits(name: str, hash_size: int = 8) -> int:
-    if name == "pdq":
-        return 256
-    if name == "dhash" or name in ("average_hash", "phash"):
-        return hash_size * hash_size
-    raise ValueError(name)
+    """Bits of a fast-path hash."""
+    _check(name, torch.zeros(1, 1, 1, 1))
+    return 256 if name == "pdq" else hash_size * hash_size
 
 
 # ---------------------------------------------------------------------------- surrogates
@@ -306,8 +296,8 @@ class HashSurrogate(nn.Module):
     """Differentiable stand-in for a hash: the exact pipeline without rounding.
 
     ``forward(x)`` returns, per bit, the pre-threshold value minus the threshold divided by a
-    per-image scale (the values' standard deviation, detached), so the sign is the bit and the
-    magnitude is comparable across images. Bits are in the reference order.
+    per-image scale (the median absolute value of those differences, detached), so the sign is
+    the bit and the magnitude is comparable across images. Bits are in the reference order.
     """
 
     def __init__(self, name: str, hash_size: int = 8):

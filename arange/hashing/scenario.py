@@ -73,6 +73,7 @@ class HashAttackSpec(_Strict):
     norm: Norm = Norm.linf
     eps: list[float]
     margin: int = Field(0, ge=0, le=256)  # bits beyond the threshold the attack aims for
+    thresholds: list[int] | None = None   # run at these of target.thresholds (default: all)
     params: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("eps", mode="before")
@@ -238,6 +239,13 @@ def validate_hash_scenario(s: HashScenario, source: str = "<scenario>") -> None:
             raise _fail(source, f"{path}.eps", "lists the same value twice")
         if a.margin >= bits:
             raise _fail(source, f"{path}.margin", f"must be < {bits} (got {a.margin})")
+        for j, thr in enumerate(a.thresholds or []):
+            if thr not in t.thresholds:
+                raise _fail(source, f"{path}.thresholds[{j}]", f"not one of target.thresholds "
+                            f"({', '.join(map(str, t.thresholds))}) (got {thr})")
+        if a.thresholds is not None and not a.thresholds:
+            raise _fail(source, f"{path}.thresholds", "needs at least one threshold, or leave "
+                        "it out to run at all of target.thresholds")
         if a.key in seen:
             raise _fail(source, path, f"{a.key!r} is already used; give this attack a distinct "
                         "'label'")
