@@ -182,3 +182,18 @@ def test_imagefolder(tmp_path: Path) -> None:
     empty.mkdir()
     with pytest.raises(DataError, match="holds 0 image file"):
         load_images("imagefolder", root=str(empty))
+
+
+def test_hash_without_fast_path_is_attacked_through_the_reference(tmp_path: Path) -> None:
+    raw = copy.deepcopy(TINY)
+    raw["target"].update({"hash": "whash", "thresholds": [6]})
+    raw["target"]["dataset"]["options"]["limit"] = 3
+    raw["attacks"] = [{"name": "nes", "eps": "32/255", "params": {"max_queries": 25,
+                                                                 "samples": 3}}]
+    raw["evaluation"] = {"transfer": {"whash": 6, "phash": 10}}
+    card = arange.run(scenario_from_dict(raw), out=tmp_path, progress=False)
+    assert card.matcher.fast_path is False and card.matcher.bits == 64
+    assert card.check("fast_hash_agreement").status == "skip"
+    row = card.results[0]
+    assert row.n == 3 and (row.queries_max or 0) <= 25
+    assert row.rejected == 0

@@ -108,11 +108,19 @@ def test_shipped_scenarios_cover_the_issue() -> None:
 
 def test_attack_thresholds_select_jobs() -> None:
     from arange.hashing.runner import expand_jobs
-    s = load_scenario(ROOT / "scenarios" / "hash_evasion_phash.yaml")
-    jobs = expand_jobs(s, "fingerprint", 117)
-    runs = {(j.threshold, j.attack.key) for j in jobs}
-    assert (28, "nes") not in runs and (10, "nes") in runs and (28, "pgd-surrogate") in runs
+    raw = {"name": "sel", "task": "hash_matching",
+           "target": {"hash": "phash", "thresholds": [10, 28]},
+           "attacks": [{"name": "nes", "eps": "32/255", "thresholds": [10]},
+                       {"name": "pgd", "eps": ["4/255", "8/255"]}]}
+    jobs = expand_jobs(scenario_from_dict(raw), "fingerprint", 117)
+    runs = [(j.threshold, j.attack.key, j.eps) for j in jobs]
+    assert runs == [(10, "nes", 32 / 255), (10, "pgd", 4 / 255), (10, "pgd", 8 / 255),
+                    (28, "pgd", 4 / 255), (28, "pgd", 8 / 255)]
     assert len({j.key for j in jobs}) == len(jobs) == len({j.job_id for j in jobs})
+    again = expand_jobs(scenario_from_dict(raw), "fingerprint", 117)
+    assert [j.key for j in again] == [j.key for j in jobs]
+    other = expand_jobs(scenario_from_dict(raw), "other data", 117)
+    assert not {j.key for j in other} & {j.key for j in jobs}
 
 
 def test_defaults_and_relative_roots(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ import itertools
 import json
 import logging
 import platform
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -247,6 +248,7 @@ def run_job(job: HashJob, ctx: Context, bar: Any = None) -> dict[str, Any]:
     success = np.zeros(n, dtype=bool)
     pngs: list[str | None] = [None] * n
     img_dir = ctx.out / "images" / job.job_id
+    shutil.rmtree(img_dir, ignore_errors=True)  # no stale evidence from an earlier run
     transfer: dict[str, list[bool | None]] = {h: [None] * n for h in ctx.transfer}
     for i in np.nonzero(claimed | mem_ok)[0].tolist():
         rel = f"images/{job.job_id}/{i:04d}.png"
