@@ -312,7 +312,6 @@ class HashNES(Attack):
                 r_abs = radius[idx] * amp
                 u = torch.randn((m, P, *zshape), device=dev, dtype=dt, generator=generator)
                 s = (self.sigma * r_abs).view(-1, 1, 1, 1, 1)
-                rows = idx.repeat_interleave(P)
                 wr = None if wa is None else wa.repeat_interleave(P, dim=0)
                 rr = r_abs.repeat_interleave(P) * to_radius
                 shape = (m * P, *x.shape[1:])
@@ -324,7 +323,6 @@ class HashNES(Attack):
                 zs_all = torch.stack([zp.view(m, P, *zshape), zm.view(m, P, *zshape)], dim=2)
                 zs_all = zs_all.reshape(m, 2 * P, *zshape)
                 f, ok = ev(idx.repeat_interleave(2 * P), zs_all.reshape(m * 2 * P, *zshape))
-                del rows
                 queries[idx] += 2 * P
                 f = f.view(m, P, 2)
                 order_ok = ok.view(m, 2 * P)
