@@ -325,7 +325,17 @@ def _check_component(registry: Any, name: str, params: dict[str, Any], source: s
                                      f"{suggest(key, accepted)} (accepted: "
                                      f"{', '.join(accepted) or 'none'})")
             return None
-        check_params(factory, params, f"{registry.kind} {name!r}")
+    except ParamError as e:
+        raise _fail(source, f"{params_path}.{e.param}", e.message) from e
+    return build_component(factory, params, f"{registry.kind} {name!r}", source, params_path)
+
+
+def build_component(factory: Any, params: dict[str, Any], what: str, source: str,
+                    params_path: str) -> Any:
+    """Bind ``params`` to ``factory``'s signature and build it, turning a bad parameter into a
+    scenario error at ``params_path.<name>``."""
+    try:
+        check_params(factory, params, what)
         return factory(**params)
     except ParamError as e:
         sub = f"{params_path}.{e.param}" if e.param != "params" else params_path

@@ -169,15 +169,8 @@ def _resolve_paths(s: HashScenario, base_dir: Path | None) -> HashScenario:
 
 def _check_params(factory: Any, params: dict[str, Any], what: str, source: str, path: str
                   ) -> Any:
-    from arange.registry import check_params
-    try:
-        check_params(factory, params, what)
-        return factory(**params)
-    except ParamError as e:
-        sub = f"{path}.{e.param}" if e.param != "params" else path
-        raise _fail(source, sub, e.message) from e
-    except (TypeError, ValueError) as e:
-        raise _fail(source, path, str(e)) from e
+    from arange.scenario import build_component
+    return build_component(factory, params, what, source, path)
 
 
 def validate_hash_scenario(s: HashScenario, source: str = "<scenario>") -> None:
