@@ -65,7 +65,23 @@ def run(scenario: str | Path | Scenario | dict[str, Any], out: str | Path | None
     return get_task(task).run(scenario, out, **options)  # type: ignore[no-any-return]
 
 
-__all__ = ["ATTACKS", "ArangeError", "DATASETS", "DEFENSES", "MODELS", "ScenarioError",
-           "__version__", "create_attack", "create_defense", "list_attacks", "list_datasets",
-           "list_defenses", "list_models", "register_attack", "register_dataset",
-           "register_defense", "register_model", "run"]
+__all__ = [
+    "ATTACKS",
+    "DATASETS",
+    "DEFENSES",
+    "MODELS",
+    "ArangeError",
+    "ScenarioError",
+    "__version__",
+    "create_attack",
+    "create_defense",
+    "list_attacks",
+    "list_datasets",
+    "list_defenses",
+    "list_models",
+    "register_attack",
+    "register_dataset",
+    "register_defense",
+    "register_model",
+    "run",
+]

@@ -23,6 +23,7 @@ from .gates import (
     decode_outcomes,
     encode_outcomes,
     load_scorecard_evidence,
+    read_json,
     row_label,
     scorecard_path,
     task_metrics,
@@ -50,11 +51,11 @@ def build_baseline(scorecard: str | Path) -> dict[str, Any]:
     for entries in metrics.values():
         for m in entries:
             rows = ev.card.get(m.table)
-            if not isinstance(rows, list):
-                continue
+            if not isinstance(rows, list) or m.rows is not None:
+                continue  # derived rows keep no per-sample outcomes
             per_row = outcomes.setdefault(m.table, [{} for _ in rows])
             for i in range(len(rows)):
-                if m.name in per_row[i]:
+                if m.name in per_row[i] or not m.holds(rows[i]):
                     continue
                 vec = ev.outcomes(m, i)  # checked against the row's value
                 if vec is None:
@@ -109,12 +110,7 @@ def evidence_from_baseline(raw: dict[str, Any], source: str) -> Evidence:
 
 def load_baseline(path: str | Path) -> Evidence:
     p = Path(path)
-    try:
-        raw = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise GateError(f"{p}: no such baseline") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise GateError(f"{p}: not a readable baseline JSON file: {e}") from e
+    raw = read_json(p, "baseline")
     if not isinstance(raw, dict) or "arange_baseline" not in raw:
         raise GateError(f"{p}: not a baseline (write one with 'arange baseline save SCORECARD')")
     return evidence_from_baseline(raw, str(p))
@@ -136,7 +132,9 @@ def describe(ev: Evidence) -> str:
             if m.table in seen or not isinstance(ev.card.get(m.table), list):
                 continue
             seen.add(m.table)
-            for i, row in enumerate(ev.card[m.table]):
+            for i, row in enumerate(ev.rows(m)):
+                if not m.holds(row):
+                    continue
                 value, n = row.get(m.field), row.get(m.count_field)
                 kept = "per-sample outcomes" if ev.outcomes(m, i) is not None \
                     else "no per-sample outcomes"

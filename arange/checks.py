@@ -142,11 +142,63 @@ def run_row_checks(rows: list[ResultRow]) -> list[Check]:
     return [fn(rows) for fn in ROW_CHECKS]
 
 
+def check_adaptive(rows: list[ResultRow], robust: dict[str, list[bool]]) -> list[Check]:
+    """Compare each ordinary row with its adaptive twin (BPDA/EOT) on the same samples.
+
+    When the adaptive attack breaks significantly more samples (exact one-sided McNemar,
+    p < 0.05), the ordinary row overstates robustness: it is marked ``unreliable`` and the
+    check fails. ``robust`` maps job ids to per-sample robust flags.
+    """
+    from .stats import mcnemar_exact_one_sided
+
+    twins = {(r.defense, r.attack, r.norm, round(r.eps, 9)): r for r in rows if not r.adaptive}
+    by_defense: dict[str, list[tuple[ResultRow, ResultRow, float]]] = defaultdict(list)
+    for a in (r for r in rows if r.adaptive):
+        naive = twins.get((a.defense, a.adapts or "", a.norm, round(a.eps, 9)))
+        if naive is None or naive.job_id not in robust or a.job_id not in robust:
+            continue
+        pairs = list(zip(robust[naive.job_id], robust[a.job_id], strict=True))
+        lost = sum(1 for n_ok, a_ok in pairs if n_ok and not a_ok)
+        gained = sum(1 for n_ok, a_ok in pairs if a_ok and not n_ok)
+        by_defense[a.defense].append((naive, a, mcnemar_exact_one_sided(lost, gained)))
+    checks = []
+    for defense, items in by_defense.items():
+        bad = [(n, a, p) for n, a, p in items if p < 0.05]
+        for n, a, p in bad:
+            n.unreliable = (f"the adaptive attack {a.attack} brings robust accuracy from "
+                            f"{n.robust_accuracy:.3f} to {a.robust_accuracy:.3f} (McNemar "
+                            f"p={p:.2g}); use the adaptive row")
+        details = {"pairs": [{"row": n.job_id, "adaptive_row": a.job_id,
+                              "robust_accuracy": n.robust_accuracy,
+                              "adaptive_robust_accuracy": a.robust_accuracy, "p_value": p}
+                             for n, a, p in items]}
+        if bad:
+            shown = "; ".join(f"{n.attack} at {n.eps_label}: {n.robust_accuracy:.3f} -> "
+                              f"{a.robust_accuracy:.3f} under {a.attack}" for n, a, _ in bad[:3])
+            checks.append(Check(
+                name=f"adaptive{_suffix(defense)}", status="fail",
+                message=f"{len(bad)} of {len(items)} non-adaptive row(s) overstate robustness "
+                f"({shown}); they are marked unreliable: the defense masks gradients or relies "
+                "on randomness, so only the adaptive (BPDA/EOT) rows count", details=details))
+        else:
+            checks.append(Check(
+                name=f"adaptive{_suffix(defense)}", status="pass",
+                message=f"adaptive attacks (BPDA/EOT) break no significantly more samples than "
+                f"the ordinary ones ({len(items)} comparison(s))", details=details))
+    return checks
+
+
 # ---------------------------------------------------------------------------- model probes
 
 def probe_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, defense: str,
-                was_training: bool) -> list[Check]:
-    """Checks on the target itself, run on a small batch before any attack."""
+                was_training: bool, adaptive_method: str | None = None) -> list[Check]:
+    """Checks on the target itself, run on a small batch before any attack.
+
+    ``adaptive_method`` is what the defense declared (``"bpda"``, ``"eot"``, both, or None):
+    declared randomness and masked gradients are expected, and the runner adds adaptive rows
+    for them, so the checks say so instead of warning that nobody handled them."""
+    declared_random = adaptive_method is not None and "eot" in adaptive_method
+    declared_masked = adaptive_method is not None and "bpda" in adaptive_method
     suffix = f" ({defense})" if defense != "none" else ""
     checks: list[Check] = []
     if was_training:
@@ -158,7 +210,12 @@ def probe_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, defense: str
                             message="the model is evaluated in eval mode"))
     with torch.no_grad():
         out1, out2 = model(x), model(x)
-    if not torch.allclose(out1, out2, atol=1e-5, rtol=1e-4):
+    if not torch.allclose(out1, out2, atol=1e-5, rtol=1e-4) and declared_random:
+        checks.append(Check(name=f"randomness{suffix}", status="pass",
+                            message="the defense is randomised, as it declares; its adaptive "
+                            "rows attack the expectation over its randomness (EOT)",
+                            details={"max_abs_diff": float((out1 - out2).abs().max())}))
+    elif not torch.allclose(out1, out2, atol=1e-5, rtol=1e-4):
         checks.append(Check(name=f"randomness{suffix}", status="warn",
                             message="the target's outputs change between identical calls; "
                             "attacks need expectation over transformation (EOT)",
@@ -188,7 +245,13 @@ def probe_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, defense: str
     nonfinite = int((~torch.isfinite(flat)).any(dim=1).sum())
     zero = int((flat.abs().amax(dim=1) == 0).sum())
     n = x.shape[0]
-    if nonfinite or zero > n // 10:
+    if (nonfinite or zero > n // 10) and declared_masked:
+        checks.append(Check(name=f"gradients{suffix}", status="fail",
+                            message=f"{zero} of {n} samples have zero and {nonfinite} NaN/Inf "
+                            "input gradients: the defense is not differentiable, so its "
+                            "non-adaptive gradient rows understate the risk; read its BPDA "
+                            "rows instead", details={"zero": zero, "nonfinite": nonfinite}))
+    elif nonfinite or zero > n // 10:
         checks.append(Check(name=f"gradients{suffix}", status="fail",
                             message=f"{zero} of {n} samples have zero and {nonfinite} NaN/Inf "
                             "input gradients: gradients are masked, so gradient attacks "

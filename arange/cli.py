@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--strict", action="store_true",
                    help="exit 1 when any evaluation-validity check fails")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="where jobs run: local (this process, default) or ray (a Ray cluster; "
+                   "needs pip install \"arange[ray]\")")
+    r.add_argument("--address", help="with --executor ray: the cluster to join (e.g. "
+                   "ray://head:10001 or auto); default: start a local Ray runtime")
     r.add_argument("--gate", action="store_true",
                    help="evaluate the scenario's gates after the run; exit 1 if one fails")
     _add_gate_options(r)
@@ -64,11 +69,21 @@ def build_parser() -> argparse.ArgumentParser:
     bw = bsub.add_parser("show", help="summarise a baseline file")
     bw.add_argument("baseline")
 
+    t = sub.add_parser("train", help="build the models a scenario's defenses train in the "
+                       "range (adversarial training, denoisers) without running attacks")
+    t.add_argument("scenario", help="scenario YAML file")
+    t.add_argument("--defense", action="append", metavar="LABEL",
+                   help="only this defense (label or name; repeatable)")
+    t.add_argument("--device", help="override the scenario's device (auto, cpu, cuda, cuda:N)")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
     v = sub.add_parser("validate", help="check a scenario file without running it")
     v.add_argument("scenario")
 
+    from .tasks import TASK_REGISTRIES
     ls = sub.add_parser("list", help="list registered components")
-    ls.add_argument("kind", choices=["models", "datasets", "attacks", "defenses"])
+    ls.add_argument("kind", choices=["models", "datasets", "attacks", "defenses",
+                                     *TASK_REGISTRIES])
 
     d = sub.add_parser("dashboard", help="browse scorecards in a local web app (Streamlit)")
     d.add_argument("--runs", default="runs",
@@ -113,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "validate":
             return _cmd_validate(args)
+        if args.command == "train":
+            return _cmd_train(args)
         if args.command == "list":
             return _cmd_list(args)
         if args.command == "dashboard":
@@ -131,6 +148,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .runner import train_defenses
+    from .scenario import Scenario, load_scenario
+
+    s = load_scenario(args.scenario)
+    if not isinstance(s, Scenario):
+        raise ArangeError(f"{args.scenario}: 'arange train' builds classification defenses; "
+                          f"{s.task} scenarios train their models during 'arange run'")
+    built = train_defenses(s, device=args.device, only=args.defense, progress=not args.quiet)
+    if not built:
+        print(f"{args.scenario}: no defense trains a model (trainable: adversarial training "
+              "such as pgd_at / fast_at, and denoiser)")
+        return 0
+    print(f"{'defense':<14} {'method':<10} {'train s':>8} {'test acc':>8}  weights")
+    for key, info in built.items():
+        acc = info.get("test_accuracy")
+        print(f"{key:<14} {info.get('method', ''):<10} {info.get('train_seconds', 0):>8.1f} "
+              f"{'' if acc is None else f'{acc:.3f}':>8}  {info.get('path', '')}")
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from .scenario import load_scenario
     s = load_scenario(args.scenario)
@@ -140,13 +178,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from .registry import KINDS
-    reg = KINDS[args.kind]
+    from .tasks import task_registry
+    reg = KINDS[args.kind] if args.kind in KINDS else task_registry(args.kind)
     entries = list(reg.entries())
     width = max((len(e.name) for e in entries), default=0)
     for e in entries:
         extra = ""
         kind = getattr(e.obj, "kind", None)
-        if args.kind == "attacks" and isinstance(kind, str):
+        if args.kind in ("attacks", "inpainters") and isinstance(kind, str):
             extra = f"[{kind}] "
         print(f"{e.name.ljust(width)}  {extra}{e.description}")
     return 0
@@ -159,11 +198,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     s = load_scenario(args.scenario)
     out = Path(args.out) if args.out else Path("runs") / s.name
     reference = _check_gate_request(args, s)  # bad rules or baseline fail before any compute
+    executor = None
+    if isinstance(s, Scenario):
+        from .executors import make_executor
+        executor = make_executor(args.executor, args.address)  # a missing Ray fails here
+    elif args.executor != "local" or args.address:
+        raise ArangeError(f"{args.scenario}: --executor/--address apply to classification "
+                          f"scenarios; {s.task} scenarios run locally")
     if args.fresh and (out / "jobs").is_dir():
         shutil.rmtree(out / "jobs")
     options = {"device": args.device, "progress": not args.quiet, "scenario_path": args.scenario}
     if isinstance(s, Scenario):
-        card = run_scenario(s, out, **options)
+        card = run_scenario(s, out, executor=executor, **options)
         print(format_summary(card))
     else:
         from .tasks import get_task
@@ -295,10 +341,10 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 
 def format_summary(card: object) -> str:
     """A plain-text robustness table for the terminal."""
-    from .scorecard import Scorecard
+    from .scorecard import Scorecard, format_checks
     assert isinstance(card, Scorecard)
-    lines = [f"{card.name}: {card.provenance.dataset} ({card.clean[0].n} samples), "
-             f"device {card.provenance.device}, {card.provenance.seconds:.1f}s"]
+    lines = [(f"{card.name}: {card.provenance.dataset} ({card.clean[0].n} samples), "
+              f"device {card.provenance.device}, {card.provenance.seconds:.1f}s")]
     for c in card.clean:
         lo, hi = c.accuracy_ci
         lines.append(f"clean accuracy [{c.defense}]: {c.accuracy:.3f} (95% CI {lo:.3f}-{hi:.3f})")
@@ -307,17 +353,19 @@ def format_summary(card: object) -> str:
     lines += ["", header, "-" * len(header)]
     for r in card.results:
         lo, hi = r.robust_accuracy_ci
+        mark = " unreliable" if r.unreliable else ""
         lines.append(f"{r.defense:<12} {r.attack:<20} {r.norm:<5} {r.eps_label:>8} "
                      f"{r.robust_accuracy:>10.3f} {f'{lo:.3f}-{hi:.3f}':>13} "
-                     f"{r.attack_success_rate:>8.3f} {r.perturbation_max:>9.4f} {r.seconds:>7.1f}")
+                     f"{r.attack_success_rate:>8.3f} {r.perturbation_max:>9.4f} "
+                     f"{r.seconds:>7.1f}{mark}")
+    if any(r.unreliable for r in card.results):
+        lines.append("unreliable: an adaptive attack (BPDA/EOT, the '+' rows) does significantly "
+                     "better on the same samples; see the 'adaptive' checks")
     for w in card.worst_case:
         lo, hi = w.robust_accuracy_ci
         lines.append(f"{w.defense:<12} {'worst case':<20} {w.norm:<5} {w.eps_label:>8} "
                      f"{w.robust_accuracy:>10.3f} {f'{lo:.3f}-{hi:.3f}':>13}")
-    lines.append("")
-    lines.append("checks:")
-    for c in card.checks:
-        lines.append(f"  [{c.status:>4}] {c.name}: {c.message}")
+    lines += format_checks(card.checks)
     return "\n".join(lines)
 
 

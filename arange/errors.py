@@ -32,6 +32,13 @@ class ParamError(ArangeError, ValueError):
         self.message = message
 
 
+def int_param(name: str, value: object, lo: int, hi: int) -> int:
+    """``value`` when it is an integer in [lo, hi] (not a bool); else :class:`ParamError`."""
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ParamError(name, f"must be an integer in [{lo}, {hi}] (got {value!r})")
+    return value
+
+
 class WeightsError(ArangeError):
     """A checkpoint cannot be read or does not fit the model."""
 

@@ -27,12 +27,13 @@ row objects in the scorecard JSON), the row field holding the value, the directi
 fields identify a row and which of them a rule may select on, and optionally how to read the
 per-sample outcomes from the run's ``samples`` side file (for paired tests). The task's scorecard
 needs ``task``, ``name``, ``provenance.scenario.gates`` (the rules, echoed from the scenario),
-``provenance.dataset`` and ``provenance.dataset_fingerprint``. For example::
+``provenance.dataset`` and ``provenance.dataset_fingerprint``. For example (from
+:mod:`arange.hashing.task`)::
 
     register_metrics("hash_matching", [
-        Metric("evasion_rate", table="hash_results", field="evasion_rate",
-               higher_is_better=False, key_fields=("hash", "threshold"),
-               selectors=("hash", "threshold"), outcomes=read_evasions)])
+        Metric("evasion_rate", table="results", field="rate", higher_is_better=False,
+               key_fields=("attack", "eps", "threshold"),
+               selectors=("attack", "eps", "threshold"), where=(("goal", "evasion"),))])
 
 A metric that is not a per-sample rate (a pixel AUC) sets ``rate=False`` and, for ``max_drop``
 rules, its own ``regression_test`` (for example a paired bootstrap over images).
@@ -59,7 +60,7 @@ from .expr import format_eps, parse_number
 from .stats import (
     holm_adjust,
     mcnemar_exact_one_sided,
-    newcombe_interval,
+    newcombe_interval,  # noqa: F401  (re-exported for callers of the gate API)
     newcombe_one_sided,
     wilson_interval,
 )
@@ -77,6 +78,8 @@ Row = Mapping[str, Any]
 Outcomes = list[bool | None]  # per sample: True/False counted toward the rate; None not counted
 # (row, scorecard JSON, samples side file) -> per-sample outcomes of that row's metric
 OutcomeFn = Callable[[Row, Mapping[str, Any], Mapping[str, Any]], Outcomes]
+# scorecard JSON -> the rows of a metric whose table is not a plain list of rows in the JSON
+RowsFn = Callable[[Mapping[str, Any]], list[dict[str, Any]]]
 # (current row, baseline row, current evidence, baseline evidence) -> (test name, one-sided
 # p-value that the current value is worse): for metrics that are not per-sample rates (an AUC,
 # say), where McNemar's and Newcombe's tests do not apply
@@ -96,6 +99,11 @@ class Metric:
     ``route`` holds rule values that pick this entry rather than select rows, for example
     ``(("attack", "worst_case"),)``; ``None`` as a value means "the rule does not give it". The
     first entry of a metric whose route matches the rule is used.
+
+    ``where`` holds row values the metric always requires, for example ``(("goal",
+    "evasion"),)`` where one table holds rows of two metrics. ``rows`` derives the rows from the
+    scorecard when ``table`` is not a plain list of rows (nested curves, say); such rows keep no
+    per-sample outcomes, so their regression tests are unpaired.
     """
 
     name: str
@@ -110,9 +118,15 @@ class Metric:
     description: str = ""
     rate: bool = True                # a proportion of count_field samples (Wilson CI applies)
     regression_test: RegressionTest | None = None  # required for max_drop when not a rate
+    where: tuple[tuple[str, Any], ...] = ()
+    rows: RowsFn | None = None
 
     def routes(self, rule: Mapping[str, Any]) -> bool:
         return all(rule.get(k) == v for k, v in self.route)
+
+    def holds(self, row: Row) -> bool:
+        """The row is one of this metric's (its ``where`` values match)."""
+        return all(_close(row.get(k), v) for k, v in self.where)
 
 
 METRICS: dict[str, dict[str, list[Metric]]] = {}
@@ -385,6 +399,17 @@ class Evidence:
             raise GateError(f"{self.source}: has no table {name!r} (a list of rows)")
         return rows
 
+    def rows(self, metric: Metric) -> list[dict[str, Any]]:
+        """The rows ``metric`` reads (its table, or the rows it derives from the scorecard);
+        those of other metrics sharing the table are included (see :meth:`Metric.holds`)."""
+        if metric.rows is None:
+            return self.table(metric.table)
+        try:
+            return metric.rows(self.card)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+            raise GateError(f"{self.source}: cannot read the {metric.table} rows of "
+                            f"{metric.name} ({e!r}); the scorecard is malformed") from e
+
     def outcomes(self, metric: Metric, index: int) -> Outcomes | None:
         """Per-sample outcomes of ``metric`` on row ``index`` of its table, checked against the
         row's own value; None where the run kept no per-sample outcomes."""
@@ -394,7 +419,7 @@ class Evidence:
         return self._cache[key]
 
     def _outcomes(self, metric: Metric, index: int) -> Outcomes | None:
-        if not metric.rate:
+        if not metric.rate or metric.rows is not None:
             return None  # per-sample outcomes describe rates; other metrics bring their own test
         row = self.table(metric.table)[index]
         label = row_label(metric, row)
@@ -459,7 +484,7 @@ def decode_outcomes(text: Any, where: str) -> Outcomes:
     return [None if c == "-" else c == "1" for c in text]
 
 
-def _read_json(path: Path, what: str) -> Any:
+def read_json(path: Path, what: str) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -501,7 +526,7 @@ def check_card(raw: Any, source: str) -> dict[str, Any]:
 
 def load_scorecard_evidence(path: str | Path) -> Evidence:
     p = scorecard_path(path)
-    card = check_card(_read_json(p, "scorecard"), str(p))
+    card = check_card(read_json(p, "scorecard"), str(p))
     files = card.get("files") or {}
     samples = files.get("samples") if isinstance(files, dict) else None
     samples_path = p.parent / samples if isinstance(samples, str) and samples else None
@@ -511,7 +536,7 @@ def load_scorecard_evidence(path: str | Path) -> Evidence:
 def load_reference(path: str | Path) -> Evidence:
     """A baseline: a file written by ``arange baseline save``, a scorecard or a run folder."""
     p = scorecard_path(path)
-    raw = _read_json(p, "baseline")
+    raw = read_json(p, "baseline")
     if isinstance(raw, dict) and "arange_baseline" in raw:
         from .baseline import evidence_from_baseline
         return evidence_from_baseline(raw, str(p))
@@ -619,6 +644,8 @@ def row_label(metric: Metric, row: Row) -> str:
         v = row.get(k)
         if k == "eps" and isinstance(v, (int, float)):
             parts.append(str(row.get("eps_label") or format_eps(float(v))))
+        elif k == "threshold":
+            parts.append(f"threshold {v}")
         elif k == "norm":
             continue  # shown with eps
         else:
@@ -650,7 +677,8 @@ def check_compatible(current: Evidence, baseline: Evidence) -> list[str]:
     if current.prov("dataset_fingerprint") != baseline.prov("dataset_fingerprint"):
         notes.append("the baseline scored other samples (dataset fingerprint differs): "
                      "regression tests are unpaired")
-    if current.prov("weights_sha256") == baseline.prov("weights_sha256"):
+    if current.prov("weights_sha256") is not None \
+            and current.prov("weights_sha256") == baseline.prov("weights_sha256"):
         notes.append("same model weights as the baseline")
     return notes
 
@@ -690,8 +718,8 @@ def evaluate(current: Evidence, rules: Sequence[Rule], baseline: Evidence | None
     results: list[RuleResult] = []
     for rule in rules:
         metric = resolve_metric(rule, metrics[rule.metric], f"gates[{rule.index}]")
-        rows = [(i, r) for i, r in enumerate(current.table(metric.table))
-                if _matches(metric, rule, r)]
+        rows = [(i, r) for i, r in enumerate(current.rows(metric))
+                if metric.holds(r) and _matches(metric, rule, r)]
         if not rows:
             sel = ", ".join(f"{k}={_fmt_value(k, v)}" for k, v in rule.selectors.items())
             raise GateError(f"{current.source}: rule {rule.name!r}: the scorecard has no "
@@ -745,8 +773,8 @@ def _row_checks(rule: Rule, metric: Metric, current: Evidence, index: int, row: 
 def _regression(max_drop: float, metric: Metric, current: Evidence, index: int, row: Row,
                 label: str, value: float, n: int, ci: tuple[float, float] | None,
                 baseline: Evidence) -> CheckResult:
-    matches = [(j, r) for j, r in enumerate(baseline.table(metric.table))
-               if _same_row(metric, row, r)]
+    matches = [(j, r) for j, r in enumerate(baseline.rows(metric))
+               if metric.holds(r) and _same_row(metric, row, r)]
     if not matches:
         raise GateError(f"{baseline.source}: the baseline has no {metric.table} row for "
                         f"{label} ({metric.name}); record a new baseline with 'arange "

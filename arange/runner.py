@@ -24,18 +24,28 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 
 from . import __version__
 from .attacks.base import Misclassification, input_gradients_only
-from .checks import ExtraJob, evaluate_extra_jobs, plan_extra_jobs, probe_model, run_row_checks
+from .checks import (
+    ExtraJob,
+    check_adaptive,
+    evaluate_extra_jobs,
+    plan_extra_jobs,
+    probe_model,
+    run_row_checks,
+)
 from .data import ImageDataset, load_dataset
+from .defenses.base import Defense, DefenseContext
 from .errors import ArangeError
+from .executors import Executor, LocalExecutor, RunContext, plan_chains
 from .expr import format_eps
 from .models import build_model, load_weights
 from .registry import ATTACKS, DEFENSES
 from .scenario import AttackSpec, DefenseSpec, Scenario
 from .scorecard import CleanRow, Provenance, ResultRow, Scorecard, WorstCaseRow
+from .speed import BatchSize, place_batch, place_model, restore_rng, rng_state
 from .stats import wilson_interval
 from .store import atomic_write_bytes, atomic_write_json
 from .threat import ThreatModel, enforce
@@ -92,8 +102,83 @@ def prepare_target(s: Scenario, device: torch.device, progress: bool = True) -> 
     else:
         sha = load_weights(model, t.weights)
         source = t.weights
-    model.to(device).eval()
+    place_model(model, device).eval()  # channels_last on CUDA
     return PreparedTarget(model, data, source, sha, info)
+
+
+@dataclass
+class Defended:
+    """One defense built around the target: the model that is scored and, for defenses that
+    need one, the view adaptive attacks differentiate (BPDA/EOT)."""
+
+    spec: DefenseSpec
+    defense: Defense
+    model: nn.Module
+    adaptive_model: nn.Module | None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def attack_model(self, adaptive: str | None) -> nn.Module:
+        if adaptive is None:
+            return self.model
+        if self.adaptive_model is None:
+            raise ArangeError(f"defense {self.spec.key!r} has no adaptive view for {adaptive}")
+        return self.adaptive_model
+
+
+def build_defenses(s: Scenario, target: PreparedTarget, dev: torch.device,
+                   progress: bool = True) -> dict[str, Defended]:
+    """Build every defense of the scenario around the target (training cached ones if needed)."""
+    t = s.target
+    out: dict[str, Defended] = {}
+    for d in s.defenses:
+        defense = DEFENSES.create(d.name, **d.params)
+        ctx = DefenseContext(
+            model=target.model, model_name=t.model, model_params=t.model_params,
+            dataset=t.dataset.name, dataset_options=t.dataset.options,
+            recipe=Recipe(**t.training.model_dump()), weights_sha256=target.weights_sha256,
+            seed=s.seed, device=dev, progress=progress)
+        model = defense.build(ctx).to(dev).eval()
+        adaptive = defense.adaptive(model)
+        if adaptive is not None:
+            adaptive = adaptive.to(dev).eval()
+        info = {"name": d.name, "params": defense.params(), "differentiable":
+                defense.differentiable, "randomized": defense.randomized,
+                "adaptive_method": defense.adaptive_method, **ctx.info}
+        out[d.key] = Defended(d, defense, model, adaptive, info)
+    return out
+
+
+def train_defenses(s: Scenario, device: str | None = None, only: list[str] | None = None,
+                   progress: bool = True) -> dict[str, dict[str, Any]]:
+    """Build (train, or find cached) the models of the scenario's training defenses; return
+    their provenance by defense label. ``only`` restricts to these labels or names."""
+    keys = {d.key for d in s.defenses} | {d.name for d in s.defenses}
+    for name in only or []:
+        if name not in keys:
+            raise ArangeError(f"--defense {name!r}: the scenario has no such defense (it has "
+                              f"{', '.join(d.key for d in s.defenses)})")
+    chosen = [d for d in s.defenses if DEFENSES.get(d.name).trains
+              and (not only or d.key in only or d.name in only)]
+    if not chosen:
+        return {}
+    dev = resolve_device(device or s.device)
+    target = prepare_target(s, dev, progress=progress)
+    sub = s.model_copy(update={"defenses": chosen})
+    out = {}
+    for key, d in build_defenses(sub, target, dev, progress=progress).items():
+        info = dict(d.info)
+        weights = str(info.get("weights", ""))
+        if weights.startswith("zoo:"):
+            from .zoo import cache_dir
+            info["path"] = str(cache_dir() / "zoo" / weights.removeprefix("zoo:"))
+        out[key] = info
+    return out
+
+
+def _seed_defense_randomness(key: str) -> None:
+    """Randomised defenses draw from torch's global generator: seed it from the job's key so a
+    resumed or distributed run reproduces the same draws."""
+    torch.manual_seed(int(key[:12], 16))
 
 
 @dataclass(frozen=True)
@@ -103,6 +188,8 @@ class Job:
     eps: float
     key: str
     suite: str | None = None  # the suite entry's label when this job is one of its components
+    adaptive: str | None = None  # "bpda" / "eot" / "bpda+eot": attack the defense's adaptive view
+    adapts: str | None = None    # the attack label of the ordinary job this one adapts
 
     @property
     def job_id(self) -> str:
@@ -131,6 +218,21 @@ def suite_components(a: AttackSpec) -> list[AttackSpec]:
                        params=c.params) for c in suite.components(a.norm)]
 
 
+def attack_entries(s: Scenario, d: DefenseSpec) -> list[tuple[AttackSpec, str | None]]:
+    """The scenario's attacks against defense ``d``, then, when ``d`` declares itself
+    non-differentiable or randomised, an adaptive twin (BPDA/EOT, labelled ``<attack>+<method>``)
+    of every gradient-based attack and suite."""
+    entries: list[tuple[AttackSpec, str | None]] = [(a, None) for a in s.attacks]
+    method = DEFENSES.create(d.name, **d.params).adaptive_method
+    if method is None:
+        return entries
+    for a in s.attacks:
+        if a.suite is None and ATTACKS.get(str(a.name)).kind != "white-box":
+            continue
+        entries.append((a.model_copy(update={"label": f"{a.key}+{method}"}), method))
+    return entries
+
+
 def expand_jobs(s: Scenario, weights_sha: str, data_fp: str) -> list[Job]:
     """defense x attack x eps, each with a content key; in cascade mode a job's key also covers
     the jobs before it in the same (defense, norm, eps) cell, whose outcomes it depends on. A
@@ -141,7 +243,7 @@ def expand_jobs(s: Scenario, weights_sha: str, data_fp: str) -> list[Job]:
     jobs: list[Job] = []
     chain: dict[tuple[str, str, float], list[str]] = {}
     for d in s.defenses:
-        for a in s.attacks:
+        for a, method in attack_entries(s, d):
             components = suite_components(a) if a.suite is not None else [a]
             for eps in a.eps:
                 cell = (d.key, a.norm.value, eps)
@@ -153,9 +255,12 @@ def expand_jobs(s: Scenario, weights_sha: str, data_fp: str) -> list[Job]:
                             "after": list(inside if a.suite is not None else before)}
                     if a.suite is not None:
                         spec["suite"] = a.model_dump(mode="json", exclude={"eps"})
+                    if method is not None:
+                        spec["adaptive"] = method
                     key = _content_key(spec)
                     jobs.append(Job(d, c, eps, key, suite=a.key if a.suite is not None
-                                    else None))
+                                    else None, adaptive=method,
+                                    adapts=a.key.rsplit("+", 1)[0] if method else None))
                     inside.append(key)
                     if s.evaluation.cascade:
                         before.append(key)
@@ -170,10 +275,18 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int,
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
 
 
-def run_job(job: Job, model: nn.Module, data: ImageDataset, attack_mask: torch.Tensor,
+def run_job(job: Job, defended: Defended, data: ImageDataset, attack_mask: torch.Tensor,
             clean_pred: torch.Tensor, s: Scenario, device: torch.device,
-            bar: Any = None) -> dict[str, Any]:
-    """Attack the samples in ``attack_mask`` and return the job record (per-sample outcomes)."""
+            bar: Any = None, batch: BatchSize | None = None) -> dict[str, Any]:
+    """Attack the samples in ``attack_mask`` and return the job record (per-sample outcomes).
+
+    The attack runs on the defense's adaptive view for adaptive jobs; what counts is always the
+    defended model's own output on the budget-enforced example. With ``batch_size: auto`` a
+    batch that runs out of CUDA memory is retried at half the size from the random state it
+    started with (``batch`` remembers the size for later jobs)."""
+    model = defended.model
+    attacked_model = defended.attack_model(job.adaptive)
+    _seed_defense_randomness(job.key)
     attack = ATTACKS.create(str(job.attack.name), **job.attack.params)
     threat = ThreatModel(job.attack.norm, job.eps, quantize=s.target.quantize)
     objective = Misclassification()
@@ -184,19 +297,29 @@ def run_job(job: Job, model: nn.Module, data: ImageDataset, attack_mask: torch.T
     violations = torch.zeros(n, dtype=torch.bool)
     queries = torch.zeros(n)
     idx_all = attack_mask.nonzero().squeeze(1)
-    bs = s.target.batch_size
+    batch = batch or BatchSize.resolve(s.target.batch_size, device)
     examples: dict[str, list[np.ndarray]] = {"index": [], "clean": [], "adv": [],
                                              "clean_prob": [], "adv_prob": []}
     t0 = time.perf_counter()
-    for start in range(0, idx_all.numel(), bs):
-        idx = idx_all[start:start + bs]
-        xb, yb = data.x[idx].to(device), data.y[idx].to(device)
-        with input_gradients_only(model):
-            result = attack.run(model, xb, yb, threat, objective, gen)
-        enf = enforce(xb, result.x_adv, threat)
-        with torch.inference_mode():
-            logits = model(enf.x_adv)
-            pred = logits.argmax(1).cpu()
+    start = 0
+    while start < idx_all.numel():
+        idx = idx_all[start:start + batch.size]
+        xb, yb = place_batch(data.x[idx], device), data.y[idx].to(device)
+        state = rng_state(gen, device)
+        try:
+            with input_gradients_only(attacked_model):
+                result = attack.run(attacked_model, xb, yb, threat, objective, gen)
+            enf = enforce(xb, result.x_adv, threat)
+            with torch.inference_mode():
+                logits = model(enf.x_adv)
+                pred = logits.argmax(1).cpu()
+        except torch.cuda.OutOfMemoryError as e:
+            if not batch.can_shrink(e):
+                raise
+            batch.halve()
+            restore_rng(gen, state, device)
+            continue
+        start += int(idx.numel())
         adv_pred[idx] = pred
         perturbation[idx] = enf.perturbation.float().cpu()
         violations[idx] = enf.violations.cpu()
@@ -222,7 +345,7 @@ def run_job(job: Job, model: nn.Module, data: ImageDataset, attack_mask: torch.T
             "robust": robust.tolist(), "perturbation": perturbation.tolist(),
             "violations": violations.tolist(),
             "queries": queries.tolist() if attack.kind != "white-box" else None,
-            "_examples": examples}
+            "batch_size": batch.size, "_examples": examples}
 
 
 def _to_uint8(x: torch.Tensor) -> list[np.ndarray]:
@@ -303,16 +426,20 @@ def _row(job: Job, rec: dict[str, Any], data: ImageDataset, clean_acc: float,
         perturbation_mean=float(pert[attacked].mean()) if n_att else 0.0,
         budget_violations=int(torch.tensor(rec["violations"]).sum()),
         queries_mean=float(torch.tensor(q)[attacked].mean()) if q is not None and n_att else None,
-        seconds=round(float(rec["seconds"]), 4))
+        seconds=round(float(rec["seconds"]), 4), adaptive=job.adaptive is not None,
+        adaptive_method=job.adaptive, adapts=job.adapts)
 
 
 def run_scenario(s: Scenario, out: str | Path | None = None, *, device: str | None = None,
                  resume: bool = True, progress: bool = True,
-                 scenario_path: str | Path | None = None) -> Scorecard:
-    """Run every job of ``s`` and write ``OUT/scorecard.json`` (see the module docstring)."""
-    from tqdm.auto import tqdm
+                 scenario_path: str | Path | None = None,
+                 executor: Executor | None = None) -> Scorecard:
+    """Run every job of ``s`` and write ``OUT/scorecard.json`` (see the module docstring).
 
-    started = dt.datetime.now(dt.timezone.utc)
+    ``executor`` decides where the attack jobs run (default: :class:`LocalExecutor`, in this
+    process); whichever runs them, this process writes every result, so the scorecard is the
+    same. The executor is closed when the jobs are done."""
+    started = dt.datetime.now(dt.UTC)
     t_start = time.perf_counter()
     dev = resolve_device(device or s.device)
     target = prepare_target(s, dev, progress=progress)  # bad data/weights fail before any write
@@ -324,66 +451,60 @@ def run_scenario(s: Scenario, out: str | Path | None = None, *, device: str | No
     jobs_dir = out_dir / "jobs"
     jobs_dir.mkdir(parents=True, exist_ok=True)
 
-    defended: dict[str, nn.Module] = {}
+    was_training = model.training
+    defended = build_defenses(s, target, dev, progress=progress)
     clean_pred: dict[str, torch.Tensor] = {}
     clean_rows, checks = [], []
     probe_n = min(64, len(data))
     for d in s.defenses:
-        was_training = model.training
-        m = DEFENSES.create(d.name, **d.params).wrap(model).to(dev).eval()
-        defended[d.key] = m
-        clean_pred[d.key] = predict(m, data.x, s.target.batch_size, dev)
+        m = defended[d.key].model
+        _seed_defense_randomness(hashlib.sha256(f"clean:{d.key}".encode()).hexdigest())
+        clean_pred[d.key] = predict(m, data.x, BatchSize.resolve(s.target.batch_size, dev).size,
+                                    dev)
         k = int((clean_pred[d.key] == data.y).sum())
         clean_rows.append(CleanRow(defense=d.key, n=len(data), accuracy=k / len(data),
                                    accuracy_ci=wilson_interval(k, len(data))))
         with input_gradients_only(m):
             checks += probe_model(m, data.x[:probe_n].to(dev), data.y[:probe_n].to(dev), d.key,
-                                  was_training)
+                                  was_training, defended[d.key].defense.adaptive_method)
 
     clean_acc = {r.defense: r.accuracy for r in clean_rows}
-    remaining: dict[tuple[str, str, float], torch.Tensor] = {}
-    records: list[tuple[Job, dict[str, Any]]] = []
     finished: dict[str, dict[str, Any]] = {}
     for job in jobs if resume else []:
         rec = _load_job(jobs_dir / f"{job.job_id}.json", job.key)
         if rec is not None:
             finished[job.key] = rec
-    todo = [j for j in jobs if j.key not in finished]
     reused = len(finished)
     if reused:
         log.info("resuming: %d of %d jobs already finished in %s", reused, len(jobs), jobs_dir)
     correct = {k: v == data.y for k, v in clean_pred.items()}
-    total = sum(int(correct[j.defense.key].sum()) for j in todo)
-    bar = tqdm(total=total, desc="attacking", unit="img", disable=not progress, dynamic_ncols=True)
-    suite_left: dict[tuple[tuple[str, str, float], str], torch.Tensor] = {}
-    for job in jobs:
-        cell = (job.defense.key, job.attack.norm.value, job.eps)
-        mask = remaining.get(cell, correct[job.defense.key]) if s.evaluation.cascade \
-            else correct[job.defense.key]
-        if job.suite is not None:  # suite components attack what earlier components left
-            mask = suite_left.get((cell, job.suite), mask)
-        path = jobs_dir / f"{job.job_id}.json"
-        rec = finished.get(job.key)
-        if rec is None:
-            bar.set_postfix_str(job.job_id)
-            rec = run_job(job, defended[job.defense.key], data, mask, clean_pred[job.defense.key],
-                          s, dev, bar)
-            _save_examples(out_dir / "examples" / f"{job.job_id}.npz", rec, data,
-                           clean_pred[job.defense.key])
-            atomic_write_json(path, rec)
-        records.append((job, rec))
-        if s.evaluation.cascade:
-            remaining[cell] = torch.tensor(rec["robust"], dtype=torch.bool)
-        if job.suite is not None:
-            suite_left[(cell, job.suite)] = torch.tensor(rec["robust"], dtype=torch.bool)
-    bar.close()
+
+    def store(job: Job, rec: dict[str, Any]) -> None:  # every executor's results land here
+        _save_examples(out_dir / "examples" / f"{job.job_id}.npz", rec, data,
+                       clean_pred[job.defense.key])
+        atomic_write_json(jobs_dir / f"{job.job_id}.json", rec)
+        finished[job.key] = rec
+
+    # Chains: a cascade cell's jobs (or a suite's components) attack what the previous one left
+    # unbroken, so they run in order; different chains are independent.
+    chains = plan_chains(jobs, lambda j: correct[j.defense.key], s.evaluation.cascade)
+    executor = executor or LocalExecutor()
+    ctx = RunContext(s, dev, data, clean_pred, target.weights_sha256, data_fp, defended, progress)
+    try:
+        executor.run(ctx, chains, finished, store)
+    finally:
+        executor.close()
+    records = [(j, finished[j.key]) for j in jobs]
 
     rows, suite_samples = _rows_with_suites(records, data, clean_acc, s)
     worst = _worst_case(records, data, s)
     extra = _run_extra_jobs(s, records, rows, defended, data, correct, clean_pred, dev,
                             jobs_dir, resume, _job_context(s, target.weights_sha256, data_fp))
     reused += sum(1 for _, rec in extra if rec.get("_reused"))
-    checks = run_row_checks(rows) + checks + evaluate_extra_jobs(s, extra)
+    robust_by_job = {j.job_id: r["robust"] for j, r in records}
+    robust_by_job.update({k: v["robust"] for k, v in suite_samples.items()})
+    checks = run_row_checks(rows) + checks + evaluate_extra_jobs(s, extra) + \
+        check_adaptive(rows, robust_by_job)
 
     samples: dict[str, Any] = {
         "schema_version": 1, "n": len(data), "labels": data.y.tolist(),
@@ -394,7 +515,7 @@ def run_scenario(s: Scenario, out: str | Path | None = None, *, device: str | No
     samples["jobs"].update(suite_samples)
     atomic_write_json(out_dir / "samples.json", samples)
 
-    end = dt.datetime.now(dt.timezone.utc)
+    end = dt.datetime.now(dt.UTC)
     prov = Provenance(
         arange_version=__version__, git_sha=_git_sha(), python=sys.version.split()[0],
         platform=platform.platform(), torch_version=torch.__version__, libraries=_libraries(),
@@ -403,7 +524,8 @@ def run_scenario(s: Scenario, out: str | Path | None = None, *, device: str | No
         weights_sha256=target.weights_sha256, model_info=target.model_info,
         dataset=data.name, dataset_fingerprint=data_fp,
         scenario_path=str(scenario_path) if scenario_path else None,
-        scenario=s.model_dump(mode="json"), jobs_reused=reused)
+        scenario=s.model_dump(mode="json"), jobs_reused=reused,
+        defenses={k: v.info for k, v in defended.items()})
     card = Scorecard(task=s.task, name=s.name, provenance=prov, clean=clean_rows, results=rows,
                      worst_case=worst, checks=checks,
                      files={"samples": "samples.json", "examples": "examples"})
@@ -444,7 +566,9 @@ def _suite_row(group: list[tuple[Job, dict[str, Any]]], data: ImageDataset, clea
     """The suite as one attack: robust where every component failed; each broken sample keeps
     the perturbation and prediction of the component that broke it."""
     first_job = group[0][0]
-    spec = next(a for a in s.attacks if a.suite is not None and a.key == first_job.suite)
+    spec = next(a for d in s.defenses if d.key == first_job.defense.key
+                for a, _ in attack_entries(s, d) if a.suite is not None
+                and a.key == first_job.suite)
     n = len(data)
     attacked = torch.tensor(group[0][1]["attacked"], dtype=torch.bool)
     robust = torch.tensor(group[-1][1]["robust"], dtype=torch.bool)
@@ -473,13 +597,15 @@ def _suite_row(group: list[tuple[Job, dict[str, Any]]], data: ImageDataset, clea
         perturbation_max=float(pert[attacked].max()) if n_att else 0.0,
         perturbation_mean=float(pert[attacked].mean()) if n_att else 0.0,
         budget_violations=violations, queries_mean=None,
-        seconds=round(sum(float(r["seconds"]) for _, r in group), 4))
+        seconds=round(sum(float(r["seconds"]) for _, r in group), 4),
+        adaptive=first_job.adaptive is not None, adaptive_method=first_job.adaptive,
+        adapts=first_job.adapts)
     return row, {"robust": robust.tolist(), "adv_pred": adv_pred.tolist(),
                  "perturbation": pert.tolist(), "attacked": attacked.tolist()}
 
 
 def _run_extra_jobs(s: Scenario, records: list[tuple[Job, dict[str, Any]]],
-                    rows: list[ResultRow], defended: dict[str, nn.Module], data: ImageDataset,
+                    rows: list[ResultRow], defended: dict[str, Defended], data: ImageDataset,
                     correct: dict[str, torch.Tensor], clean_pred: dict[str, torch.Tensor],
                     dev: torch.device, jobs_dir: Path, resume: bool, context: dict[str, Any]
                     ) -> list[tuple[ExtraJob, dict[str, Any]]]:
@@ -487,7 +613,8 @@ def _run_extra_jobs(s: Scenario, records: list[tuple[Job, dict[str, Any]]],
     steps), on a subset of samples, through the same path as every other job; they are labelled
     ``check-...`` in ``jobs/`` and resume like the others."""
     plan = plan_extra_jobs(s, [(j.defense, j.attack, j.eps, r) for j, r in records
-                               if j.suite is None], data.y, correct, int(data.x[0].numel()))
+                               if j.suite is None and j.adaptive is None], data.y, correct,
+                           int(data.x[0].numel()))
     if plan:
         log.info("validity checks: %d extra job(s) on at most %d samples each", len(plan),
                  s.evaluation.checks.samples)

@@ -12,12 +12,15 @@ from __future__ import annotations
 import re
 import types
 import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -32,6 +35,30 @@ from .threat import Norm
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _check_name(v: str) -> str:
+    if not _NAME_RE.match(v):
+        raise ValueError("use letters, digits, '_', '-' or '.', starting with a letter or "
+                         f"digit, at most 64 characters (got {v!r})")
+    return v
+
+
+def _check_device(v: str) -> str:
+    if not _DEVICE_RE.match(v):
+        raise ValueError(f"must be auto, cpu, cuda or cuda:N (got {v!r})")
+    return v
+
+
+def _optional_number(v: Any) -> float | None:
+    return None if v is None else parse_number(v)
+
+
+# Field types every task's scenario model shares: a scenario name (also a folder name) or a
+# label, a device, and a number that may be written as an expression such as 8/255 or left out.
+Name = Annotated[str, AfterValidator(_check_name)]
+Device = Annotated[str, AfterValidator(_check_device)]
+OptionalNumber = Annotated[float | None, BeforeValidator(_optional_number)]
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
 # Metrics a classification gate may name (the gates issue evaluates them).
 CLASSIFICATION_METRICS = ("robust_accuracy", "clean_accuracy", "attack_success_rate")
@@ -65,14 +92,25 @@ class Target(_Strict):
     training: Training = Field(default_factory=Training)
     dataset: DatasetSpec
     samples: int | None = Field(256, ge=1)
-    batch_size: int = Field(128, ge=1, le=65536)
+    # "auto": large on CUDA, halved on out-of-memory (arange.speed.BatchSize); 128 on CPU
+    batch_size: int | Literal["auto"] = 128
     quantize: bool = False
 
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, v: Any) -> Any:
+        if v == "auto":
+            return v
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 65536:
+            raise ValueError(f"must be a whole number from 1 to 65536, or auto (got {v!r})")
+        return v
 
-def _eps_list(value: Any) -> list[float]:
+
+def number_list(value: Any, example: str = "[4/255, 8/255]") -> list[float]:
+    """A number or a non-empty list of numbers (``8/255`` allowed) as a list of floats."""
     values = value if isinstance(value, list) else [value]
     if not values:
-        raise ValueError("needs at least one value, e.g. [4/255, 8/255]")
+        raise ValueError(f"needs at least one value, e.g. {example}")
     return [parse_number(v) for v in values]
 
 
@@ -89,7 +127,7 @@ class AttackSpec(_Strict):
     @field_validator("eps", mode="before")
     @classmethod
     def _parse_eps(cls, v: Any) -> list[float]:
-        return _eps_list(v)
+        return number_list(v)
 
     @model_validator(mode="after")
     def _name_or_suite(self) -> AttackSpec:
@@ -127,15 +165,10 @@ class GateRule(_Strict):
     metric: str
     defense: str | None = None
     attack: str | None = None
-    eps: float | None = None
-    min: float | None = None
-    max: float | None = None
+    eps: OptionalNumber = None
+    min: OptionalNumber = None
+    max: OptionalNumber = None
     max_drop: float | None = Field(None, ge=0, le=1)
-
-    @field_validator("eps", "min", "max", mode="before")
-    @classmethod
-    def _num(cls, v: Any) -> float | None:
-        return None if v is None else parse_number(v)
 
 
 class LargeEpsCheck(_Strict):
@@ -144,14 +177,9 @@ class LargeEpsCheck(_Strict):
     class can stay robust."""
 
     enabled: bool = True
-    eps: float | None = None
+    eps: OptionalNumber = None
     norm: Norm = Norm.linf
     steps: int = Field(20, ge=1, le=100_000)
-
-    @field_validator("eps", mode="before")
-    @classmethod
-    def _num(cls, v: Any) -> float | None:
-        return None if v is None else parse_number(v)
 
 
 class MoreStepsCheck(_Strict):
@@ -186,11 +214,11 @@ class Evaluation(_Strict):
 
 
 class Scenario(_Strict):
-    name: str
+    name: Name
     task: Literal["classification"] = "classification"
     description: str = ""
     seed: int = Field(0, ge=0, le=2**31 - 1)
-    device: str = "auto"
+    device: Device = "auto"
     target: Target
     defenses: list[DefenseSpec] = Field(default_factory=lambda: [DefenseSpec(name="none")])
     attacks: list[AttackSpec] = Field(min_length=1)
@@ -201,21 +229,6 @@ class Scenario(_Strict):
     @classmethod
     def _defenses(cls, v: Any) -> Any:
         return [_defense_shorthand(d) for d in v] if isinstance(v, list) else v
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not _NAME_RE.match(v):
-            raise ValueError("use letters, digits, '_', '-' or '.', starting with a letter or "
-                             f"digit, at most 64 characters (got {v!r})")
-        return v
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        if not _DEVICE_RE.match(v):
-            raise ValueError(f"must be auto, cpu, cuda or cuda:N (got {v!r})")
-        return v
 
     # -- helpers used by the runner
     def eps_labels(self) -> dict[float, str]:
@@ -292,13 +305,43 @@ def _resolve_paths(s: Scenario, base_dir: Path | None, source: str) -> Scenario:
     if base_dir is None:
         return s.model_copy(update={"target": target.model_copy(update=updates)}) \
             if updates else s
-    opts = dict(target.dataset.options)
-    if isinstance(opts.get("root"), str) and not Path(opts["root"]).expanduser().is_absolute():
-        opts["root"] = str((base_dir / opts["root"]).resolve())
+    opts = relative_root(target.dataset.options, base_dir)
+    if opts is not None:
         updates["dataset"] = target.dataset.model_copy(update={"options": opts})
     if not updates:
         return s
     return s.model_copy(update={"target": target.model_copy(update=updates)})
+
+
+def relative_root(options: dict[str, Any], base_dir: Path | None) -> dict[str, Any] | None:
+    """Dataset ``options`` whose relative ``root`` is made relative to the scenario file's
+    folder ``base_dir``; None when there is nothing to change."""
+    root = options.get("root")
+    if base_dir is None or not isinstance(root, str) or Path(root).expanduser().is_absolute():
+        return None
+    return {**options, "root": str((base_dir / root).resolve())}
+
+
+_Task = typing.TypeVar("_Task", bound=BaseModel)
+
+
+def load_task_scenario(model: type[_Task], raw: dict[str, Any], source: str,
+                       base_dir: Path | None,
+                       validate: Callable[[_Task, str], None]) -> _Task:
+    """The loader of a task's scenario (:class:`arange.tasks.Task`): validate ``raw`` as
+    ``model`` (whose ``target.dataset.options`` may hold a ``root`` relative to the file), then
+    run the task's semantic checks ``validate(scenario, source)``."""
+    try:
+        s = model.model_validate(raw)
+    except ValidationError as e:
+        raise ScenarioError(_format_validation(e, source, model)) from e
+    target = typing.cast(Any, s).target
+    opts = relative_root(target.dataset.options, base_dir)
+    if opts is not None:
+        ds = target.dataset.model_copy(update={"options": opts})
+        s = s.model_copy(update={"target": target.model_copy(update={"dataset": ds})})
+    validate(s, source)
+    return s
 
 
 def _fail(source: str, path: str, message: str) -> ScenarioError:
@@ -328,6 +371,38 @@ def _check_component(registry: Any, name: str, params: dict[str, Any], source: s
     except ParamError as e:
         raise _fail(source, f"{params_path}.{e.param}", e.message) from e
     return build_component(factory, params, f"{registry.kind} {name!r}", source, params_path)
+
+
+def check_gate_rule(rule: Any, metrics: Sequence[str], source: str, path: str) -> None:
+    """A gate rule (at ``path``, e.g. ``gates[0]``) names one of the task's ``metrics`` and its
+    ``min`` / ``max`` are in [0, 1] (every gated metric is a rate or an AUC)."""
+    if rule.metric not in metrics:
+        raise _fail(source, f"{path}.metric", f"unknown metric {rule.metric!r}"
+                    f"{suggest(rule.metric, list(metrics))} (available: {', '.join(metrics)})")
+    for bound in ("min", "max"):
+        v = getattr(rule, bound)
+        if v is not None and not 0 <= v <= 1:
+            raise _fail(source, f"{path}.{bound}", f"rates are in [0, 1] (got {v:g})")
+
+
+def check_norm(attack: Any, name: str, norm: Norm, source: str, path: str) -> None:
+    """``attack`` (an instance, or None for a suite) supports ``norm`` (``path``: the attack's
+    entry, e.g. ``attacks[1]``)."""
+    norms = getattr(attack, "norms", (Norm.linf, Norm.l2))
+    if norm not in norms:
+        raise _fail(source, f"{path}.norm", f"{name} supports "
+                    f"{', '.join(n.value for n in norms)} (got {norm.value})")
+
+
+def check_eps(eps: list[float], norm: Norm, source: str, path: str) -> None:
+    """Budgets in range for ``norm`` (pixel space) and listed once each."""
+    limit = 1.0 if norm is Norm.linf else 1000.0
+    for j, e in enumerate(eps):
+        if not 0 < e <= limit:
+            raise _fail(source, f"{path}.eps[{j}]",
+                        f"must be > 0 and <= {limit:g} for {norm.value} (got {e:g})")
+    if len(set(eps)) != len(eps):
+        raise _fail(source, f"{path}.eps", "lists the same value twice")
 
 
 def build_component(factory: Any, params: dict[str, Any], what: str, source: str,
@@ -370,17 +445,8 @@ def validate_components(s: Scenario, source: str = "<scenario>") -> None:
         else:
             attack = _check_component(ATTACKS, str(a.name), a.params, source, f"attacks[{i}].name",
                                       f"attacks[{i}].params")
-            norms = getattr(attack, "norms", (Norm.linf, Norm.l2))
-            if a.norm not in norms:
-                raise _fail(source, f"attacks[{i}].norm", f"{a.name} supports "
-                            f"{', '.join(n.value for n in norms)} (got {a.norm.value})")
-        for j, eps in enumerate(a.eps):
-            limit = 1.0 if a.norm is Norm.linf else 1000.0
-            if not 0 < eps <= limit:
-                raise _fail(source, f"attacks[{i}].eps[{j}]",
-                            f"must be > 0 and <= {limit:g} for {a.norm.value} (got {eps:g})")
-        if len(set(a.eps)) != len(a.eps):
-            raise _fail(source, f"attacks[{i}].eps", "lists the same value twice")
+            check_norm(attack, str(a.name), a.norm, source, f"attacks[{i}]")
+        check_eps(a.eps, a.norm, source, f"attacks[{i}]")
         if a.key in seen or a.key == WORST_CASE:
             raise _fail(source, f"attacks[{i}]", f"{a.key!r} is already used; give this "
                         "attack a distinct 'label'")
@@ -435,16 +501,9 @@ def _validate_gates(s: Scenario, source: str) -> None:
     all_eps = sorted({e for a in s.attacks for e in a.eps})
     for i, g in enumerate(s.gates):
         path = f"gates[{i}]"
-        if g.metric not in CLASSIFICATION_METRICS:
-            raise _fail(source, f"{path}.metric", f"unknown metric {g.metric!r}"
-                        f"{suggest(g.metric, list(CLASSIFICATION_METRICS))} (available: "
-                        f"{', '.join(CLASSIFICATION_METRICS)})")
+        check_gate_rule(g, CLASSIFICATION_METRICS, source, path)
         if g.min is None and g.max is None and g.max_drop is None:
             raise _fail(source, path, "needs at least one of min, max or max_drop")
-        for bound in ("min", "max"):
-            v = getattr(g, bound)
-            if v is not None and not 0 <= v <= 1:
-                raise _fail(source, f"{path}.{bound}", f"rates are in [0, 1] (got {v:g})")
         if g.defense is not None and g.defense not in defense_keys:
             raise _fail(source, f"{path}.defense", f"no defense {g.defense!r} in this "
                         f"scenario{suggest(g.defense, defense_keys)} (defenses: "

@@ -7,12 +7,19 @@ referenced from ``files``.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import platform
+import sys
+import time
+from collections.abc import Iterable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from . import __version__
 from .errors import ArangeError
 from .store import atomic_write_text
 
@@ -53,6 +60,13 @@ class ResultRow(_Model):
     budget_violations: int      # raw attack outputs that the runner had to project
     queries_mean: float | None = None
     seconds: float
+    # An adaptive row (BPDA/EOT against a non-differentiable or randomised defense) and the
+    # attack label of the ordinary row it adapts; the ordinary row keeps adaptive=False.
+    adaptive: bool = False
+    adaptive_method: str | None = None
+    adapts: str | None = None
+    # Why this row cannot be trusted (set by the checks, e.g. an adaptive attack does better).
+    unreliable: str | None = None
 
 
 class WorstCaseRow(_Model):
@@ -73,7 +87,10 @@ class Check(_Model):
     details: dict[str, Any] = Field(default_factory=dict)
 
 
-class Provenance(_Model):
+class RunProvenance(_Model):
+    """What every task's provenance starts with: the software, the machine, the seed and the
+    clock (built by :func:`run_environment`)."""
+
     arange_version: str
     git_sha: str | None
     python: str
@@ -85,6 +102,25 @@ class Provenance(_Model):
     started: str
     finished: str
     seconds: float
+
+
+class DataProvenance(_Model):
+    """What the image tasks' provenance (hash matching, forgery localisation) ends with: the
+    data scored and the scenario echoed back.
+
+    A task puts its own fields between the two parts by listing its bases as
+    ``(DataProvenance, <its fields>, RunProvenance)``: pydantic orders inherited fields from the
+    last base to the first, so the JSON keys keep that order."""
+
+    dataset: str
+    dataset_fingerprint: str
+    dataset_info: dict[str, Any] = Field(default_factory=dict)
+    scenario_path: str | None
+    scenario: dict[str, Any]
+    jobs_reused: int = 0
+
+
+class Provenance(RunProvenance):
     weights_source: str
     weights_sha256: str
     model_info: dict[str, Any] = Field(default_factory=dict)
@@ -93,9 +129,31 @@ class Provenance(_Model):
     scenario_path: str | None
     scenario: dict[str, Any]
     jobs_reused: int = 0
+    # per defense: how its model was built (weights, training time, test accuracy, ...)
+    defenses: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
-class Scorecard(_Model):
+class ScorecardBase(_Model):
+    """What every task's scorecard does (its fields are its own, so each keeps its JSON order):
+    serialise itself and find one of its evaluation-validity ``checks``."""
+
+    if TYPE_CHECKING:  # declared by each subclass where its JSON puts it
+        checks: list[Check]
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2) + "\n"
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_text(path, self.to_json())
+
+    def check(self, name: str) -> Check:
+        for c in self.checks:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+
+class Scorecard(ScorecardBase):
     schema_version: int = SCHEMA_VERSION
     task: str
     name: str
@@ -106,26 +164,48 @@ class Scorecard(_Model):
     checks: list[Check]
     files: dict[str, str] = Field(default_factory=dict)
 
-    def to_json(self) -> str:
-        return self.model_dump_json(indent=2) + "\n"
-
-    def save(self, path: str | Path) -> None:
-        atomic_write_text(path, self.to_json())
-
     def row(self, attack: str, eps: float, defense: str = "none") -> ResultRow:
         for r in self.results:
             if r.attack == attack and r.defense == defense and abs(r.eps - eps) < 1e-9:
                 return r
         raise KeyError(f"no result for attack={attack!r} eps={eps} defense={defense!r}")
 
-    def check(self, name: str) -> Check:
-        for c in self.checks:
-            if c.name == name:
-                return c
-        raise KeyError(name)
+
+def run_environment(device: object, seed: int, started: dt.datetime, t_start: float,
+                    libraries: Iterable[str]) -> dict[str, Any]:
+    """The :class:`RunProvenance` fields of a run that began at ``started`` (wall clock) and
+    ``t_start`` (:func:`time.perf_counter`) and finishes now; ``libraries``: the distributions
+    whose installed versions are recorded (those not installed are left out)."""
+    import torch
+
+    from .runner import _git_sha
+
+    libs = {}
+    for name in libraries:
+        try:
+            libs[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return {"arange_version": __version__, "git_sha": _git_sha(),
+            "python": sys.version.split()[0], "platform": platform.platform(),
+            "torch_version": torch.__version__, "libraries": libs, "device": str(device),
+            "seed": seed, "started": started.isoformat(),
+            "finished": dt.datetime.now(dt.UTC).isoformat(),
+            "seconds": round(time.perf_counter() - t_start, 3)}
 
 
-def load_scorecard(path: str | Path) -> Scorecard:
+def format_checks(checks: Iterable[Check]) -> list[str]:
+    """The closing lines of a terminal summary: one per evaluation-validity check."""
+    return ["", "checks:", *(f"  [{c.status:>4}] {c.name}: {c.message}" for c in checks)]
+
+
+_Card = TypeVar("_Card", bound=BaseModel)
+
+
+def read_scorecard(path: str | Path, model: type[_Card], schema_version: int,
+                   task: str | None = None) -> _Card:
+    """Read a scorecard JSON file and validate it as ``model`` (any task's scorecard class);
+    ``task``: the ``task`` field the file must carry. Bad input raises :class:`ArangeError`."""
     path = Path(path)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -133,15 +213,21 @@ def load_scorecard(path: str | Path) -> Scorecard:
         raise ArangeError(f"{path}: no such scorecard") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ArangeError(f"{path}: not a readable scorecard JSON file: {e}") from e
+    if task is not None and (not isinstance(raw, dict) or raw.get("task") != task):
+        raise ArangeError(f"{path}: not a {task} scorecard")
     if not isinstance(raw, dict) or "schema_version" not in raw:
         raise ArangeError(f"{path}: not an arange scorecard (no schema_version)")
-    if raw["schema_version"] != SCHEMA_VERSION:
+    if raw["schema_version"] != schema_version:
         raise ArangeError(f"{path}: scorecard schema_version {raw['schema_version']} is not "
-                          f"supported by this arange (reads version {SCHEMA_VERSION}); re-run "
+                          f"supported by this arange (reads version {schema_version}); re-run "
                           "the scenario or use a matching arange version")
     try:
-        return Scorecard.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
         raise ArangeError(f"{path}: invalid scorecard: {loc}: {first['msg']}") from e
+
+
+def load_scorecard(path: str | Path) -> Scorecard:
+    return read_scorecard(path, Scorecard, SCHEMA_VERSION)

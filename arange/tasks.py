@@ -17,7 +17,14 @@ from typing import Any
 from .registry import Registry
 
 # Modules that register extra tasks when imported.
-TASK_MODULES: tuple[str, ...] = ("arange.hashing.task",)
+TASK_MODULES: tuple[str, ...] = ("arange.hashing.task", "arange.forensics.task")
+# The tasks' own component registries that ``arange list KIND`` shows: kind -> (module,
+# attribute), imported on demand.
+TASK_REGISTRIES: dict[str, tuple[str, str]] = {
+    "hashes": ("arange.hashing.reference", "HASHES"),
+    "inpainters": ("arange.forensics.inpainters", "INPAINTERS"),
+    "detectors": ("arange.forensics.detector", "DETECTORS"),
+}
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,32 @@ class Task:
 
 TASKS: Registry[Task] = Registry("task")
 _imported = False
+
+
+def register_task(name: str, load: Callable[[dict[str, Any], str, Path | None], Any],
+                  runner: str, run: str, summary: str, description: str, short: str) -> None:
+    """Register task ``name`` whose module ``runner`` holds its ``run`` and ``summary``
+    functions; that module is imported on first use, so loading a scenario stays light.
+    ``description``: the ``arange list`` text; ``short``: the registry's one-liner. Registering
+    a name again (a module imported twice, e.g. a reload) does nothing."""
+    if name in TASKS:
+        return
+
+    def _run(scenario: Any, out: Any = None, **options: Any) -> Any:
+        return getattr(importlib.import_module(runner), run)(scenario, out, **options)
+
+    def _summary(card: Any) -> str:
+        return str(getattr(importlib.import_module(runner), summary)(card))
+
+    TASKS.add(name, Task(name=name, load=load, run=_run, summary=_summary,
+                         description=description), short)
+
+
+def task_registry(kind: str) -> Registry[Any]:
+    """The registry behind ``arange list KIND`` for a kind in :data:`TASK_REGISTRIES`."""
+    module, attr = TASK_REGISTRIES[kind]
+    registry: Registry[Any] = getattr(importlib.import_module(module), attr)
+    return registry
 
 
 def get_task(name: str) -> Task:

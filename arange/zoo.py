@@ -15,13 +15,14 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from .data import ImageDataset, load_dataset
 from .models import build_model, save_weights
@@ -47,6 +48,10 @@ class Recipe:
     shift: int = 2  # random translation in pixels (zero padding); 0 disables augmentation
 
 
+# (model, inputs, labels, generator) -> the inputs to train on
+Perturb = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+
+
 @dataclass
 class ZooModel:
     path: Path
@@ -68,33 +73,59 @@ def zoo_weights(model: str, model_params: dict[str, Any], dataset: str,
                 device: torch.device, progress: bool = True) -> ZooModel:
     """Path and sha256 of the cached weights, training them first if needed."""
     key = zoo_key(model, model_params, dataset, dataset_options, recipe, seed)
+
+    def build(checkpoint: Path) -> tuple[nn.Module, dict[str, Any]]:
+        train = load_dataset(dataset, "train", **dataset_options)
+        torch.manual_seed(seed)
+        net = new_model(model, model_params, train)
+        train_classifier(net, train, recipe, seed, device, progress=progress,
+                         checkpoint=checkpoint, desc=f"training {model} on {dataset}")
+        return net, {}
+
+    return cached_weights(f"{model}-{dataset}-{key}", build, device, {
+        "model": model, "model_params": model_params, "dataset": dataset,
+        "dataset_options": dataset_options, "recipe": asdict(recipe), "seed": seed},
+        evaluate_on=(dataset, dataset_options))
+
+
+def new_model(model: str, model_params: dict[str, Any], data: ImageDataset) -> nn.Module:
+    """A freshly initialised ``model`` shaped for ``data``."""
+    return build_model(model, in_channels=data.channels, num_classes=data.num_classes,
+                       image_size=data.image_size, mean=data.mean, std=data.std,
+                       params=model_params)
+
+
+def cached_weights(stem: str, build: Callable[[Path], tuple[nn.Module, dict[str, Any]]],
+                   device: torch.device, record: dict[str, Any],
+                   evaluate_on: tuple[str, dict[str, Any]] | None = None) -> ZooModel:
+    """Weights cached as ``<cache>/zoo/<stem>.safetensors`` with a JSON record beside them.
+
+    ``stem`` must end in a content key of everything that determines the weights. On a miss,
+    ``build(checkpoint)`` trains the module (resuming from ``checkpoint`` if it exists) and
+    returns it with extra record fields; the training time, the test accuracy on
+    ``evaluate_on`` (dataset name and options) and the weights' sha256 are added to the record,
+    which is returned as ``info`` on every later hit too.
+    """
     folder = cache_dir() / "zoo"
-    path = folder / f"{model}-{dataset}-{key}.safetensors"
+    path = folder / f"{stem}.safetensors"
     meta_path = path.with_suffix(".json")
     if path.is_file() and meta_path.is_file():
         info = json.loads(meta_path.read_text())
         if info.get("sha256") == weights_sha256(path):
             return ZooModel(path, info["sha256"], info)
         log.warning("cached weights %s do not match their record; retraining", path)
-    train = load_dataset(dataset, "train", **dataset_options)
-    test = load_dataset(dataset, "test", **dataset_options)
-    torch.manual_seed(seed)
-    net = build_model(model, in_channels=train.channels, num_classes=train.num_classes,
-                      image_size=train.image_size, mean=train.mean, std=train.std,
-                      params=model_params)
     t0 = time.perf_counter()
-    train_classifier(net, train, recipe, seed, device, progress=progress,
-                     checkpoint=folder / f".{path.stem}.partial.pt",
-                     desc=f"training {model} on {dataset}")
+    net, extra = build(folder / f".{stem}.partial.pt")
     seconds = time.perf_counter() - t0
-    acc = evaluate_accuracy(net, test, device)
-    sha = save_weights(net, path, metadata={"model": model, "dataset": dataset})
-    info = {"model": model, "model_params": model_params, "dataset": dataset,
-            "dataset_options": dataset_options, "recipe": asdict(recipe), "seed": seed,
-            "test_accuracy": acc, "train_seconds": round(seconds, 2), "sha256": sha,
-            "device": str(device), "torch": torch.__version__}
+    info = {**record, **extra}
+    if evaluate_on is not None:
+        test = load_dataset(evaluate_on[0], "test", **evaluate_on[1])
+        info["test_accuracy"] = evaluate_accuracy(net, test, device)
+    sha = save_weights(net, path, metadata={"stem": stem})
+    info.update({"train_seconds": round(seconds, 2), "sha256": sha, "device": str(device),
+                 "torch": torch.__version__})
     atomic_write_json(meta_path, info)
-    log.info("trained %s on %s in %.1fs: test accuracy %.4f", model, dataset, seconds, acc)
+    log.info("trained %s in %.1fs (test accuracy %s)", stem, seconds, info.get("test_accuracy"))
     return ZooModel(path, sha, info)
 
 
@@ -118,8 +149,16 @@ def _shift(x: torch.Tensor, pixels: int, gen: torch.Generator) -> torch.Tensor:
 
 def train_classifier(model: nn.Module, data: ImageDataset, recipe: Recipe, seed: int,
                      device: torch.device, progress: bool = True,
-                     checkpoint: Path | None = None, desc: str = "training") -> None:
-    """Train ``model`` in place with ``recipe``; resumable from ``checkpoint`` per epoch."""
+                     checkpoint: Path | None = None, desc: str = "training",
+                     perturb: Perturb | None = None, bf16: bool = False) -> None:
+    """Train ``model`` in place with ``recipe``; resumable from ``checkpoint`` per epoch.
+
+    ``perturb(model, x, y, generator)``, when given, replaces each (augmented) batch by the
+    inputs to train on, e.g. adversarial examples (adversarial training); it is called with the
+    model in train mode and must not touch parameter gradients. ``bf16`` runs the weight
+    update's forward and backward under bfloat16 autocast on CUDA (the perturbation is computed
+    in full precision so the training attack is not weakened); it is ignored on other devices.
+    """
     from tqdm.auto import tqdm
 
     model.to(device).train()
@@ -128,19 +167,10 @@ def train_classifier(model: nn.Module, data: ImageDataset, recipe: Recipe, seed:
     steps_per_epoch = (len(data) + recipe.batch_size - 1) // recipe.batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr,
                                                 total_steps=recipe.epochs * steps_per_epoch)
-    start_epoch = 0
-    if checkpoint is not None and checkpoint.is_file():
-        try:
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["opt"])
-            sched.load_state_dict(state["sched"])
-            start_epoch = int(state["epoch"])
-            log.info("resuming %s from epoch %d", desc, start_epoch)
-        except Exception as e:  # a torn checkpoint only costs the work since the last epoch
-            log.warning("ignoring unreadable training checkpoint %s: %s", checkpoint, e)
-            start_epoch = 0
+    parts = {"model": model, "opt": opt, "sched": sched}
+    start_epoch = load_checkpoint(checkpoint, parts, desc)
     x_all, y_all = data.x.to(device), data.y.to(device)
+    amp = bf16 and device.type == "cuda"
     bar = tqdm(total=recipe.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
                desc=desc, disable=not progress, unit="batch", leave=False)
     for epoch in range(start_epoch, recipe.epochs):
@@ -149,23 +179,49 @@ def train_classifier(model: nn.Module, data: ImageDataset, recipe: Recipe, seed:
         for i in range(steps_per_epoch):
             idx = order[i * recipe.batch_size:(i + 1) * recipe.batch_size]
             xb = _shift(x_all[idx], recipe.shift, gen)
-            loss = F.cross_entropy(model(xb), y_all[idx])
+            if perturb is not None:
+                xb = perturb(model, xb, y_all[idx], gen)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                loss = F.cross_entropy(model(xb), y_all[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             bar.update(1)
         bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
-        if checkpoint is not None and epoch + 1 < recipe.epochs:
-            checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            tmp = checkpoint.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
-                        "sched": sched.state_dict(), "epoch": epoch + 1}, tmp)
-            os.replace(tmp, checkpoint)
+        if epoch + 1 < recipe.epochs:
+            save_checkpoint(checkpoint, parts, epoch + 1)
     bar.close()
     model.eval()
     if checkpoint is not None and checkpoint.is_file():
         checkpoint.unlink()
+
+
+def load_checkpoint(path: Path | None, parts: dict[str, Any], desc: str) -> int:
+    """Restore ``parts`` (name -> object with ``load_state_dict``) from a training checkpoint
+    (weights-only load); return the epoch to resume from (0 when there is none)."""
+    if path is None or not path.is_file():
+        return 0
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for name, part in parts.items():
+            part.load_state_dict(state[name])
+        epoch = int(state["epoch"])
+    except Exception as e:  # noqa: BLE001  (a torn checkpoint costs only the last epoch)
+        log.warning("ignoring unreadable training checkpoint %s: %s", path, e)
+        return 0
+    log.info("resuming %s from epoch %d", desc, epoch)
+    return epoch
+
+
+def save_checkpoint(path: Path | None, parts: dict[str, Any], epoch: int) -> None:
+    """Atomically write the state of ``parts`` after ``epoch`` finished epochs."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({**{name: part.state_dict() for name, part in parts.items()}, "epoch": epoch}, tmp)
+    os.replace(tmp, path)
 
 
 @torch.inference_mode()

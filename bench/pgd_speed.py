@@ -1,10 +1,21 @@
-"""PGD-k speed: arange vs the forward+input-backward floor vs ART vs foolbox, in one process.
+"""PGD-k speed: arange vs the forward+input-backward floor vs ART, foolbox and torchattacks, in
+one process.
 
 Same model, same inputs, same settings (L-inf, eps 8/255, k steps, step 0.25*eps, random start).
 The floor is k x (one forward + one backward w.r.t. the input only) of the same model and batch:
-no attack can do less work. Prints images/s and ratios.
+no attack can do less work. Methods take turns within each repeat so background load hits all
+alike; ratios are medians of per-repeat ratios. Prints images/s, the ratio to the floor and
+arange's speed-up over each peer (peer time / arange time); on CUDA also
+the achieved TFLOP/s (the floor's FLOPs, counted by torch's FlopCounterMode, over each method's
+time) against the device's measured dense-matmul peak at the same precision.
 
-    python bench/pgd_speed.py [--device cpu|cuda] [--batch-sizes 32 128] [--steps 10]
+    # CPU (the recorded numbers in bench/README.md):
+    OMP_NUM_THREADS=1 python bench/pgd_speed.py --batch-sizes 32 128
+    # GPU: CIFAR-size ResNet-18 (3x32x32), batch 256, channels_last as the runner uses it:
+    python bench/pgd_speed.py --device cuda --model resnet18 --channels 3 --batch-sizes 64 256
+
+torchattacks is a benchmark-only dependency (pip install "arange[bench]"); missing peers are
+skipped with a note.
 """
 
 from __future__ import annotations
@@ -21,9 +32,11 @@ import torch.nn.functional as F
 
 from arange.attacks import PGD, Misclassification
 from arange.models import build_model
+from arange.speed import place_batch, place_model
 from arange.threat import Norm, ThreatModel
 
 EPS = 8 / 255
+PEERS = ("art", "foolbox", "torchattacks")
 
 
 def _sync(device: torch.device) -> None:
@@ -32,19 +45,111 @@ def _sync(device: torch.device) -> None:
 
 
 def timeit_all(fns: dict[str, Callable[[], object]], device: torch.device,
-               repeats: int) -> dict[str, float]:
-    """Median seconds per method; the methods take turns so background load hits all alike."""
+               repeats: int) -> dict[str, list[float]]:
+    """Seconds per method and repeat; the methods take turns within each repeat (in a rotating
+    order) so background load hits all alike."""
     for fn in fns.values():
-        fn()  # warm-up
+        fn()  # warm-up (cuDNN autotuning, allocator, lazy imports)
     _sync(device)
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    names = list(fns)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate the order
             t0 = time.perf_counter()
-            fn()
+            fns[name]()
             _sync(device)
             times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
+
+
+def report(bs: int, times: dict[str, list[float]], flops: float, peak: float | None) -> None:
+    """One line per method: images/s (median time), the median over repeats of the time ratio
+    to the floor and of each peer's time over arange's in the same repeat (paired, so load that
+    drifts between repeats cancels out)."""
+    def ratio(a: str, b: str) -> float:
+        return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
+
+    for method, ts in times.items():
+        t = statistics.median(ts)
+        speed = "" if method in ("floor", "arange") else f"{ratio(method, 'arange'):.2f}x"
+        line = f"{bs:>5} {method:<12} {bs / t:>9.1f} {ratio(method, 'floor'):>8.3f} {speed:>16}"
+        if peak is not None:
+            line += f" {flops / t / 1e12:>8.2f} {100 * flops / t / peak:>6.1f}%"
+        print(line, flush=True)
+
+
+def step_flops(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """FLOPs of one forward + one backward w.r.t. the input (what every PGD step must do)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    xi = x.clone().requires_grad_(True)
+    with FlopCounterMode(display=False) as counter:
+        loss = F.cross_entropy(model(xi), y, reduction="sum")
+        loss.backward(inputs=[xi])  # autograd.grad trips the counter's module hooks
+    return int(counter.get_total_flops())
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 8192,
+                reps: int = 20) -> float:
+    """Measured dense-matmul FLOP/s on ``device`` at ``dtype`` (the precision the attacks use,
+    with the current TF32 setting)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def methods(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, k: int,
+            device: torch.device, skip: list[str]) -> dict[str, Callable[[], object]]:
+    """The floor, arange's PGD and the peers' at the same settings, each peer called the way its
+    documentation shows."""
+    bs, shape = x.shape[0], tuple(x.shape[1:])
+
+    def floor() -> None:
+        for _ in range(k):
+            xi = x.clone().requires_grad_(True)
+            loss = F.cross_entropy(model(xi), y, reduction="sum")
+            torch.autograd.grad(loss, xi)
+
+    pgd = PGD(steps=k, rel_stepsize=0.25, random_start=True)
+    threat = ThreatModel(Norm.linf, EPS)
+    obj = Misclassification()
+    fns: dict[str, Callable[[], object]] = {
+        "floor": floor, "arange": lambda: pgd.run(model, x, y, threat, obj, None)}
+    if "art" not in skip:
+        from art.attacks.evasion import ProjectedGradientDescent
+        from art.estimators.classification import PyTorchClassifier
+        clf = PyTorchClassifier(model, loss=torch.nn.CrossEntropyLoss(), input_shape=shape,
+                                nb_classes=10, clip_values=(0.0, 1.0),
+                                device_type="gpu" if device.type == "cuda" else "cpu")
+        art_pgd = ProjectedGradientDescent(clf, norm=np.inf, eps=EPS, eps_step=0.25 * EPS,
+                                           max_iter=k, num_random_init=1, batch_size=bs,
+                                           verbose=False)
+        xn, yn = x.cpu().numpy(), y.cpu().numpy()
+        fns["ART"] = lambda: art_pgd.generate(xn, yn)
+    if "foolbox" not in skip:
+        import foolbox as fb
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=device)
+        fb_pgd = fb.attacks.LinfPGD(rel_stepsize=0.25, steps=k, random_start=True)
+        fns["foolbox"] = lambda: fb_pgd(fmodel, x, y, epsilons=EPS)
+    if "torchattacks" not in skip:
+        try:
+            import torchattacks
+        except ImportError:
+            print('# torchattacks not installed (pip install "arange[bench]"): skipped')
+        else:
+            ta_pgd = torchattacks.PGD(model, eps=EPS, alpha=0.25 * EPS, steps=k,
+                                      random_start=True)
+            fns["torchattacks"] = lambda: ta_pgd(x, y)
+    return fns
 
 
 def main() -> None:
@@ -56,61 +161,33 @@ def main() -> None:
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128])
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["art", "foolbox"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=PEERS)
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
     c = args.channels
     model = build_model(args.model, in_channels=c, num_classes=10, image_size=args.size,
-                        mean=(0.5,) * c, std=(0.25,) * c).to(device).eval()
+                        mean=(0.5,) * c, std=(0.25,) * c)
+    model = place_model(model, device).eval()  # channels_last on CUDA, as the runner does
     for p in model.parameters():
         p.requires_grad_(False)
     k = args.steps
+    cuda = device.type == "cuda"
+    peak = matmul_peak(device) if cuda else None
+    name = torch.cuda.get_device_name(device) if cuda else "cpu"
     print(f"# PGD-{k} L-inf eps=8/255, {args.model} on {c}x{args.size}x{args.size}, "
-          f"device={device}, torch {torch.__version__}, threads={torch.get_num_threads()}")
-    print(f"{'batch':>5} {'method':<10} {'img/s':>9} {'x floor':>8} {'arange speedup':>15}")
+          f"device={name}, torch {torch.__version__}, threads={torch.get_num_threads()}")
+    if peak is not None:
+        print(f"# measured fp32 matmul peak {peak / 1e12:.1f} TFLOP/s "
+              f"(TF32 {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'})")
+    head = f"{'batch':>5} {'method':<12} {'img/s':>9} {'x floor':>8} {'arange speed-up':>16}"
+    print(head + (f" {'TFLOP/s':>8} {'% peak':>7}" if cuda else ""))
     for bs in args.batch_sizes:
-        x = torch.rand(bs, c, args.size, args.size, device=device)
-        y = torch.randint(0, 10, (bs,), device=device)
-
-        def floor() -> None:
-            for _ in range(k):
-                xi = x.clone().requires_grad_(True)
-                loss = F.cross_entropy(model(xi), y, reduction="sum")
-                torch.autograd.grad(loss, xi)
-
-        pgd = PGD(steps=k, rel_stepsize=0.25, random_start=True)
-        threat = ThreatModel(Norm.linf, EPS)
-        obj = Misclassification()
-
-        def ours() -> None:
-            pgd.run(model, x, y, threat, obj, None)
-
-        fns: dict[str, Callable[[], object]] = {"floor": floor, "arange": ours}
-        if "art" not in args.skip:
-            from art.attacks.evasion import ProjectedGradientDescent
-            from art.estimators.classification import PyTorchClassifier
-            clf = PyTorchClassifier(model, loss=torch.nn.CrossEntropyLoss(),
-                                    input_shape=(c, args.size, args.size), nb_classes=10,
-                                    clip_values=(0.0, 1.0), device_type=device.type)
-            art_pgd = ProjectedGradientDescent(clf, norm=np.inf, eps=EPS, eps_step=0.25 * EPS,
-                                               max_iter=k, num_random_init=1, batch_size=bs,
-                                               verbose=False)
-            xn, yn = x.cpu().numpy(), y.cpu().numpy()
-            fns["ART"] = lambda: art_pgd.generate(xn, yn)
-        if "foolbox" not in args.skip:
-            import foolbox as fb
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=device)
-            fb_pgd = fb.attacks.LinfPGD(rel_stepsize=0.25, steps=k, random_start=True)
-            fns["foolbox"] = lambda: fb_pgd(fmodel, x, y, epsilons=EPS)
-        results = timeit_all(fns, device, args.repeats)
-        base = results["floor"]
-        for name, t in results.items():
-            speed = "" if name in ("floor", "arange") else f"{t / results['arange']:.2f}x"
-            print(f"{bs:>5} {name:<10} {bs / t:>9.1f} {t / base:>8.3f} {speed:>15}")
-
+        x = place_batch(torch.rand(bs, c, args.size, args.size), device)
+        y = torch.randint(0, 10, (bs,)).to(device)
+        flops = k * step_flops(model, x, y) if cuda else 0
+        times = timeit_all(methods(model, x, y, k, device, args.skip), device, args.repeats)
+        report(bs, times, flops, peak)
 
 if __name__ == "__main__":
     main()

@@ -72,7 +72,9 @@ def sections(run: Run) -> list[Section]:
              "norm": r["norm"], "eps": r["eps_label"], "robust accuracy": r["robust_accuracy"],
              "95% CI": _ci(r["robust_accuracy_ci"]),
              "success rate": r["attack_success_rate"], "max perturbation":
-             r["perturbation_max"], "n": r["n"]} for r in rows_of(card, "results")]))
+             r["perturbation_max"], "n": r["n"],
+             "unreliable": "yes" if r.get("unreliable") else ""}
+            for r in rows_of(card, "results")]))
         out.append(Section("Worst case over attacks (per sample)", table=[
             {"defense": w["defense"], "norm": w["norm"], "eps": w["eps_label"],
              "robust accuracy": w["robust_accuracy"], "95% CI": _ci(w["robust_accuracy_ci"]),

@@ -300,7 +300,12 @@ def _results_table(card: dict[str, Any]) -> None:
              "success rate": r["attack_success_rate"], "attacked": r["n_attacked"],
              "n": r["n"], "max perturbation": r["perturbation_max"],
              "projected by runner": r["budget_violations"], "mean queries": r["queries_mean"],
-             "seconds": r["seconds"]} for r in rows_of(card, "results")]
+             "seconds": r["seconds"], "adaptive": r.get("adaptive_method") or "",
+             "unreliable": r.get("unreliable") or ""} for r in rows_of(card, "results")]
+    if any(r["unreliable"] for r in rows):
+        st.warning("Rows marked unreliable overstate robustness: an adaptive attack (BPDA for "
+                   "non-differentiable defenses, EOT for randomised ones) broke significantly "
+                   "more samples. Read the adaptive ('+') rows and the worst case instead.")
     show_table(rows, column_config={
         "robust accuracy": st.column_config.NumberColumn(format="%.3f"),
         "success rate": st.column_config.NumberColumn(format="%.3f"),

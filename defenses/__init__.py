@@ -3,6 +3,20 @@
 Installed as ``arange.defenses``.
 """
 
-from .base import Defense, NoDefense
+from .adv_training import FastAdversarialTraining, PGDAdversarialTraining
+from .base import Defense, DefenseContext, NoDefense
+from .denoiser import Denoiser
+from .transforms import (
+    JPEG,
+    BitDepth,
+    GaussianNoise,
+    InputTransform,
+    Median,
+    RandomResizePad,
+    TotalVariation,
+    TransformedModel,
+)
 
-__all__ = ["Defense", "NoDefense"]
+__all__ = ["JPEG", "BitDepth", "Defense", "DefenseContext", "Denoiser", "FastAdversarialTraining",
+           "GaussianNoise", "InputTransform", "Median", "NoDefense", "PGDAdversarialTraining",
+           "RandomResizePad", "TotalVariation", "TransformedModel"]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 import arange
@@ -17,7 +18,7 @@ from .conftest import tiny_scenario
 
 def _arange(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "arange", *args], capture_output=True,
-                          text=True, cwd=cwd, env=os.environ.copy(), timeout=900)
+                          text=True, cwd=cwd, env=os.environ.copy(), timeout=900, check=False)
 
 
 def test_run_end_to_end(tmp_path: Path) -> None:
@@ -44,6 +45,21 @@ def test_list_validate_version(tmp_path: Path) -> None:
     assert _arange("--version").stdout.strip() == f"arange {arange.__version__}"
     bad = _arange("list", "widgets")
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_list_task_components(capsys: pytest.CaptureFixture[str]) -> None:
+    from arange.cli import main
+    assert main(["list", "hashes"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = [line.split()[0] for line in lines]
+    assert names == sorted(names) and {"phash", "pdq", "whash", "colorhash"} <= set(names)
+    assert any(line.startswith("pdq ") and "torch fast path" in line for line in lines)
+    assert main(["list", "inpainters"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("telea ") and "[classical]" in line for line in lines)
+    assert any(line.startswith("gan ") and "[learned]" in line for line in lines)
+    assert main(["list", "detectors"]) == 0
+    assert capsys.readouterr().out.startswith("noise_residual ")
 
 
 def test_bad_input_exit_code_and_no_traceback(tmp_path: Path) -> None:

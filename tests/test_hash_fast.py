@@ -11,9 +11,11 @@ from arange.hashing.data import load_images
 from arange.hashing.fast import (
     HashSurrogate,
     fast_hash,
+    fast_hashes,
     lanczos_weights,
     pillow_gray,
     pillow_resize,
+    split_weights,
 )
 from arange.hashing.reference import reference_bits_batch
 
@@ -101,3 +103,28 @@ def test_surrogate_signs_match_bits_and_carry_gradients(
 def test_unknown_hash_is_refused() -> None:
     with pytest.raises(ValueError, match="no torch implementation of 'whash'"):
         fast_hash("whash", torch.zeros(1, 3, 16, 16))
+
+
+def test_split_weights_add_up_and_wide_images_fall_back_to_float64() -> None:
+    k = lanczos_weights(128, 32)
+    split = split_weights(128, 32)
+    assert split is not None and split.dtype == np.float32 and split.shape == (64, 128)
+    assert np.array_equal((split[:32].astype(np.float64) + split[32:]) * (1 << 22), k)
+    assert split_weights(4000, 8) is None  # too many taps for an exact float32 split
+    rng = np.random.default_rng(7)
+    gray = rng.integers(0, 256, size=(2, 5, 4000), dtype=np.uint8)
+    ours = pillow_resize(torch.from_numpy(gray).float(), 8, 3).numpy()
+    ref = np.stack([np.asarray(Image.fromarray(g, "L").resize((8, 3), Image.Resampling.LANCZOS))
+                    for g in gray])
+    assert np.array_equal(ours, ref)
+
+
+def test_several_hashes_in_one_call_match_one_by_one(embedded: tuple[np.ndarray, torch.Tensor]
+                                                      ) -> None:
+    _, x = embedded
+    names = ("phash", "average_hash", "pdq", "dhash")
+    together = fast_hashes(names, x[:7], chunk=3)
+    assert list(together) == list(names)
+    for name in names:
+        assert torch.equal(together[name], fast_hash(name, x[:7]))
+    assert fast_hashes(names, x[:0])["dhash"].shape == (0, 64)

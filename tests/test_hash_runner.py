@@ -15,7 +15,10 @@ from PIL import Image
 
 import arange
 from arange.attacks.base import Attack, AttackResult
+from arange.baseline import describe
+from arange.cli import main
 from arange.errors import DataError
+from arange.gates import gate, load_reference, task_metrics
 from arange.hashing import runner as hash_runner
 from arange.hashing.attacks import HASH_ATTACKS
 from arange.hashing.data import load_images
@@ -26,6 +29,7 @@ from arange.hashing.reference import (
     reference_bits,
     reference_bits_batch,
 )
+from arange.hashing.scenario import HASH_METRICS
 from arange.hashing.scorecard import HashScorecard, load_hash_scorecard
 from arange.scenario import scenario_from_dict
 
@@ -116,6 +120,62 @@ def test_rerun_resumes_finished_jobs(tiny_hash_run: tuple[HashScorecard, Path]) 
     again = arange.run(copy.deepcopy(TINY), out=out, progress=False)
     assert again.provenance.jobs_reused == len(card.results)
     assert [r.successes for r in again.results] == [r.successes for r in card.results]
+
+
+def _gated_copy(out: Path, folder: Path, gates: list[dict[str, Any]]) -> Path:
+    """The tiny run's scorecard with ``gates`` in its scenario (validated as a scenario's)."""
+    s = scenario_from_dict({**copy.deepcopy(TINY), "gates": gates})
+    card = json.loads((out / "scorecard.json").read_text())
+    card["provenance"]["scenario"] = s.model_dump(mode="json")
+    folder.mkdir(exist_ok=True)
+    path = folder / "scorecard.json"
+    path.write_text(json.dumps(card))
+    return path
+
+
+def test_gates_read_hash_scorecards(tiny_hash_run: tuple[HashScorecard, Path], tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    card, out = tiny_hash_run
+    assert set(task_metrics("hash_matching")) == set(HASH_METRICS)
+    nes4 = card.row("nes", 32 / 255, 4)
+    fpr4 = card.fpr[0].points[4]
+    path = _gated_copy(out, tmp_path / "pass", [
+        {"metric": "evasion_rate", "attack": "nes", "eps": "32/255", "threshold": 4,
+         "max": nes4.rate},
+        {"metric": "evasion_rate", "max": 1.0},
+        {"metric": "clean_detection_rate", "min": 1.0},
+        {"metric": "false_positive_rate", "threshold": 4, "max": fpr4.fpr}])
+    report = gate(path)
+    assert report.passed
+    checks = [[(c.row, c.value, c.n) for c in r.checks] for r in report.rules]
+    assert checks[0] == [("nes / 32/255 / threshold 4", nes4.rate, nes4.n)]
+    assert sorted(checks[1]) == sorted((f"{r.attack} / {r.eps_label} / threshold {r.threshold}",
+                                        r.rate, r.n) for r in card.results)
+    assert checks[2] == [(f"threshold {d.threshold}", d.rate, d.n) for d in card.detection]
+    assert checks[3] == [("threshold 4", fpr4.fpr, card.fpr[0].n_pairs)]
+    assert main(["gate", str(path)]) == 0
+    assert "gate hash_tiny: PASSED (4 of 4 rules passed" in capsys.readouterr().out
+    assert "false_positive_rate" in describe(load_reference(path))
+
+    # a ceiling below the measured evasion rate fails the gate (exit 1)
+    best = max(card.results, key=lambda r: r.rate)
+    assert best.rate > 0
+    path = _gated_copy(out, tmp_path / "fail", [
+        {"metric": "evasion_rate", "attack": best.attack, "threshold": best.threshold,
+         "max": best.rate / 2},
+        {"metric": "false_positive_rate", "max": 1.0}])
+    assert main(["gate", str(path)]) == 1
+    text = capsys.readouterr().out
+    assert "gate hash_tiny: FAILED (1 of 2 rules passed" in text
+    assert f"[FAIL] gates[0] evasion_rate (attack={best.attack}, threshold={best.threshold})" \
+        in text
+
+    # collision_rate reads only collision rows: the tiny run has none, so the rule is an error
+    raw = json.loads(path.read_text())
+    raw["provenance"]["scenario"]["gates"] = [{"metric": "collision_rate", "max": 0.5}]
+    path.write_text(json.dumps(raw))
+    assert main(["gate", str(path)]) == 2
+    assert "has no results row for collision_rate" in capsys.readouterr().err
 
 
 class _Unchanged(Attack):

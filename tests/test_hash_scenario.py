@@ -10,6 +10,7 @@ from arange.cli import main
 from arange.errors import ScenarioError
 from arange.hashing.scenario import HashScenario
 from arange.scenario import load_scenario, scenario_from_dict
+from arange.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = """name: hb
@@ -53,7 +54,7 @@ BROKEN = [
      "{file}: target.hash_params.hash_size: must be an integer in [2, 32] (got 1)"),
     ("unknown_task", ("task: hash_matching", "task: hash_matchng"),
      ("{file}: task: unknown task 'hash_matchng'; did you mean 'hash_matching'? (available: "
-     "classification, hash_matching)")),
+     "{tasks})")),
     ("gate_metric", ("    eps: 32/255", ("    eps: 32/255\ngates:\n  - {metric: evasion_rat, "
                                         "max: 0.5}")),
      ("{file}: gates[0].metric: unknown metric 'evasion_rat'; did you mean 'evasion_rate' or "
@@ -68,6 +69,16 @@ BROKEN = [
      "{file}: attacks[0].thresholds[0]: not one of target.thresholds (10) (got 20)"),
     ("eps_too_big", ("    eps: 32/255", "    eps: 2"),
      "{file}: attacks[0].eps[0]: must be > 0 and <= 1 for linf (got 2)"),
+    ("gate_goal", ("    eps: 32/255", ("    eps: 32/255\ngates:\n  - {metric: collision_rate, "
+                                      "attack: nes, max: 0.5}")),
+     "{file}: gates[0].metric: attack 'nes' aims at evasion; gate it with evasion_rate"),
+    ("gate_no_collision", ("    eps: 32/255", ("    eps: 32/255\ngates:\n  - {metric: "
+                                              "collision_rate, max: 0.5}")),
+     "{file}: gates[0].metric: no collision attack in this scenario (attacks: nes (evasion))"),
+    ("gate_clean_attack", ("    eps: 32/255", ("    eps: 32/255\ngates:\n  - {metric: "
+                                              "clean_detection_rate, attack: nes, min: 0.9}")),
+     ("{file}: gates[0].attack: clean_detection_rate is measured on unmodified images; remove "
+      "attack")),
 ]
 
 
@@ -84,7 +95,9 @@ def test_broken_hash_scenarios(name: str, edit: tuple[str, str], expected: str,
     code = main(["run", str(path), "--out", str(out), "-q"])
     err = capsys.readouterr().err
     assert code == 2
-    assert err == "arange: error: " + expected.format(file=path, dir=tmp_path) + "\n"
+    tasks = ", ".join(["classification", *TASKS.names()])  # other tasks register too
+    assert err == "arange: error: " + expected.format(file=path, dir=tmp_path,
+                                                      tasks=tasks) + "\n"
     assert not out.exists()
 
 

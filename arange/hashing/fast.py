@@ -90,23 +90,96 @@ def _weights(in_size: int, out_size: int, device: torch.device) -> torch.Tensor:
     return w
 
 
+_F32_EXACT = 1 << 24  # float32 holds every integer of magnitude below 2**24 exactly
+
+
+@lru_cache(maxsize=64)
+def split_weights(in_size: int, out_size: int) -> np.ndarray | None:
+    """Pillow's fixed-point weights split as ``k = hi + lo`` so that both halves of the resize
+    sum are exact in float32, as a ``(2 * out_size, in_size)`` float32 matrix (``hi`` rows,
+    then ``lo`` rows) in units of 2**-22; ``None`` when no split is exact (float64 is used).
+
+    ``hi`` keeps the top bits (a multiple of 2**s) and ``lo`` the rest (below 2**(s-1) in
+    magnitude). Any partial sum of ``v * hi`` or ``v * lo`` over 8-bit values ``v`` is bounded
+    by ``255 * sum |hi|`` (resp. ``|lo|``); when both bounds, in units of their last bit, are
+    below 2**24, every product and partial sum of a float32 matrix product is exact whatever
+    the summation order, so ``hi_sum + lo_sum`` (added in float64) is Pillow's integer sum."""
+    k = lanczos_weights(in_size, out_size)  # (out, in) int64
+    for s in range(1, _PRECISION_BITS):
+        hi = np.round(k / (1 << s)).astype(np.int64)       # in units of 2**s
+        lo = k - hi * (1 << s)                              # in units of 1
+        if (255 * np.abs(hi).sum(axis=1).max() < _F32_EXACT
+                and 255 * np.abs(lo).sum(axis=1).max() < _F32_EXACT):
+            scale = float(1 << _PRECISION_BITS)
+            both = np.concatenate([hi * float(1 << s) / scale, lo / scale], axis=0)
+            return np.ascontiguousarray(both.astype(np.float32))
+    return None
+
+
+def _identity_split(size: int) -> np.ndarray:
+    """Split weights of a pass that keeps the size (Pillow skips it; the identity is exact)."""
+    return np.concatenate([np.eye(size), np.zeros((size, size))], axis=0).astype(np.float32)
+
+
+_AXIS: dict[tuple[int, tuple[int, ...], str], tuple[torch.Tensor, bool]] = {}
+
+
+def _axis_weights(in_size: int, outs: tuple[int, ...],
+                  device: torch.device) -> tuple[torch.Tensor, bool]:
+    """Weights of one resize pass to each size in ``outs``, stacked so one matrix product
+    serves them all: ``(float32 [hi_1; hi_2; ...; lo_1; lo_2; ...], True)`` (rows) when every
+    split of :func:`split_weights` is exact, else ``(float64 [w_1; w_2; ...], False)``."""
+    key = (in_size, outs, str(device))
+    hit = _AXIS.get(key)
+    if hit is None:
+        splits = [split_weights(in_size, o) if o != in_size else _identity_split(in_size)
+                  for o in outs]
+        if all(s is not None for s in splits):
+            m = torch.from_numpy(np.concatenate([s[:o] for s, o in zip(splits, outs)]
+                                                + [s[o:] for s, o in zip(splits, outs)]))
+        else:
+            m = torch.cat([_weights(in_size, o, torch.device("cpu")).T if o != in_size
+                           else torch.eye(in_size, dtype=torch.float64) for o in outs])
+        hit = _AXIS[key] = (m.contiguous().to(device), m.dtype == torch.float32)
+    return hit
+
+
+def _round_sums(s: torch.Tensor, outs: tuple[int, ...], split: bool) -> list[torch.Tensor]:
+    """A pass's sums, one row per output line (rows as stacked by :func:`_axis_weights`) ->
+    Pillow's ``clip8((sum + 2**21) >> 22)``, float64, one block of rows per output size. A
+    split sum is added in float64, where both halves and the total are exact."""
+    s = s.double()
+    rows = sum(outs)
+    v = s[:rows] + s[rows:] if split else s
+    return list(torch.split(v.add_(0.5).floor_().clamp_(0.0, 255.0), list(outs)))
+
+
+def _resize_t(pt: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Pillow's LANCZOS resize from horizontally resized levels laid out (width, N, H) (or the
+    unresized grey, then width == W): vertical pass, -> float64 (N, height, width)."""
+    _, n, h = pt.shape
+    if height == h:
+        return pt.permute(1, 2, 0)
+    wts, split = _axis_weights(h, (height,), pt.device)
+    s = torch.mm(wts, pt.reshape(width * n, h).to(wts.dtype).T)    # (rows, width * N)
+    r = _round_sums(s, (height,), split)[0].view(height, width, n)  # [y, x, n]
+    return r.permute(2, 0, 1)
+
+
 def pillow_resize(gray: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """Pillow's ``Image.resize((width, height), LANCZOS)`` of 8-bit grey images, exactly.
 
     ``gray``: (N, H, W) holding integers in [0, 255]. Returns float64 (N, height, width).
-    Horizontal pass first, rounded to 8 bits, then the vertical pass, as Pillow does. In float64
-    every product of an 8-bit value and a weight (a multiple of 2**-22 below 1) and every partial
-    sum is exact, so ``floor(sum + 0.5)`` is Pillow's ``(sum + 2**21) >> 22`` whatever the
-    summation order."""
-    _, h, w = gray.shape
-    out = gray.double()
-    if width != w:
-        out = torch.matmul(out, _weights(w, width, gray.device))
-        out.add_(0.5).floor_().clamp_(0.0, 255.0)
-    if height != h:
-        out = torch.matmul(_weights(h, height, gray.device).T, out)
-        out.add_(0.5).floor_().clamp_(0.0, 255.0)
-    return out
+    Horizontal pass first, rounded to 8 bits, then the vertical pass, as Pillow does. Each pass
+    is a float32 matrix product against the split weights of :func:`split_weights` (exact), or
+    a float64 one where no split is exact; ``floor(sum + 0.5)`` is then Pillow's
+    ``(sum + 2**21) >> 22``."""
+    n, h, w = gray.shape
+    if width == w:
+        return _resize_t(gray.double().permute(2, 0, 1), width, height)
+    wts, split = _axis_weights(w, (width,), gray.device)
+    s = torch.mm(wts, gray.reshape(n * h, w).to(wts.dtype).T)      # (rows, N * H)
+    return _resize_t(_round_sums(s, (width,), split)[0].view(width, n, h), width, height)
 
 
 # ---------------------------------------------------------------------------- luminance
@@ -117,27 +190,36 @@ def to_uint8_grid(x: torch.Tensor) -> torch.Tensor:
 
 
 _L_WEIGHTS = (19595.0, 38470.0, 7471.0)
-_L_CACHE: dict[str, torch.Tensor] = {}
+_L_CACHE: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def pillow_gray(q: torch.Tensor) -> torch.Tensor:
+def _gray_consts(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights / 2**16 as (1, 1, 3), 0.5 as (1, 1, 1)), float32, cached per device."""
+    key = str(device)
+    cached = _L_CACHE.get(key)
+    if cached is None:
+        cached = _L_CACHE[key] = (
+            (torch.tensor(_L_WEIGHTS, dtype=torch.float32) / 65536.0).view(1, 1, 3).to(device),
+            torch.full((1, 1, 1), 0.5, dtype=torch.float32, device=device))
+    return cached
+
+
+def pillow_gray(q: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Pillow's ``convert('L')``: ``(19595 R + 38470 G + 7471 B + 32768) >> 16``, exactly.
 
-    ``q``: float32 (N, C, H, W) of 8-bit values. Computed as ``floor(0.5 + sum_c w_c q_c)`` with
-    ``w_c = weight_c / 2**16``: every product and partial sum is a multiple of 2**-16 below 256,
-    which float32 holds exactly, so the order of the sum does not matter. Grey inputs (C == 1)
-    pass through."""
+    ``q``: float32 (N, C, H, W) of 8-bit values; ``out``: optional float32 (N, H, W) to write
+    into. Computed as ``floor(0.5 + sum_c w_c q_c)`` with ``w_c = weight_c / 2**16``: every
+    product and partial sum is a multiple of 2**-16 below 256, which float32 holds exactly, so
+    the order of the sum does not matter. Grey inputs (C == 1) pass through."""
     n, c, h, w = q.shape
     if c == 1:
-        return q[:, 0]
-    key = str(q.device)
-    wt = _L_CACHE.get(key)
-    if wt is None:
-        wt = (torch.tensor(_L_WEIGHTS, dtype=torch.float32) / 65536.0).view(1, 1, 3).to(q.device)
-        _L_CACHE[key] = wt
-    half = torch.full((1, 1, 1), 0.5, dtype=torch.float32, device=q.device)
-    out = torch.baddbmm(half, wt.expand(n, 1, 3), q.float().reshape(n, 3, h * w))
-    return out.floor_().view(n, h, w)
+        return q[:, 0] if out is None else out.copy_(q[:, 0])
+    wt, half = _gray_consts(q.device)
+    if out is None:
+        out = torch.empty((n, h, w), dtype=torch.float32, device=q.device)
+    torch.baddbmm(half, wt.expand(n, 1, 3), q.float().reshape(n, 3, h * w),
+                  out=out.view(n, 1, h * w))
+    return out.floor_()
 
 
 # ---------------------------------------------------------------------------- DCT matrices
@@ -196,21 +278,6 @@ def _median_even(v: torch.Tensor) -> torch.Tensor:
 _PDQ_LUMA = (0.299, 0.587, 0.114)
 
 
-def _pdq_coefficients_rgb(q: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """PDQ's 16x16 DCT coefficients of 8-bit images (N, C, H, W), luma folded into the first
-    matrix product (the pipeline after the luma is linear)."""
-    n, ch, h, w = q.shape
-    c = torch.as_tensor(pdq_axis_matrix(w), dtype=dtype, device=q.device)
-    r = torch.as_tensor(pdq_axis_matrix(h), dtype=dtype, device=q.device)
-    t = q.to(dtype) @ c.T                                        # (N, C, H, 16)
-    if ch == 3:
-        wts = torch.tensor(_PDQ_LUMA, dtype=dtype, device=q.device)
-        t = torch.einsum("nchk,c->nhk", t, wts)
-    else:
-        t = t[:, 0]
-    return (r @ t).reshape(n, 256)
-
-
 def _pdq_coefficients(luma: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     n, h, w = luma.shape
     r = torch.as_tensor(pdq_axis_matrix(h), dtype=dtype, device=luma.device)
@@ -218,38 +285,35 @@ def _pdq_coefficients(luma: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return (r @ luma.to(dtype) @ c.T).reshape(n, 256)
 
 
-def _levels(x: torch.Tensor) -> torch.Tensor:
-    if x.dtype == torch.uint8:
-        return x.float()
-    return to_uint8_grid(x)
+def _resize_size(name: str, hash_size: int) -> tuple[int, int]:
+    """(width, height) imagehash resizes to for ``name``."""
+    if name == "dhash":
+        return hash_size + 1, hash_size
+    if name == "phash":
+        return hash_size * 4, hash_size * 4
+    return hash_size, hash_size
 
 
-def _fast_chunk(name: str, q: torch.Tensor, hash_size: int) -> torch.Tensor:
-    """Bits of 8-bit images given as float32 levels in {0, ..., 255}."""
-    n = q.shape[0]
-    if name == "pdq":
-        coef = _pdq_coefficients_rgb(q, torch.float64)
-        med = torch.kthvalue(coef, 128, dim=1, keepdim=True).values
-        return (coef > med).flip(1)
-    gray = pillow_gray(q)
+def _imagehash_bits(name: str, p: torch.Tensor, hash_size: int) -> torch.Tensor:
+    """Bits of an imagehash hash from its resized grey levels (N, height, width)."""
+    n = p.shape[0]
     if name == "average_hash":
-        p = pillow_resize(gray, hash_size, hash_size).reshape(n, -1)
+        p = p.reshape(n, -1)
         return p > p.mean(dim=1, keepdim=True)
     if name == "dhash":
-        p = pillow_resize(gray, hash_size + 1, hash_size)
         return (p[:, :, 1:] > p[:, :, :-1]).reshape(n, -1)
-    if name == "phash":
-        size = hash_size * 4
-        p = pillow_resize(gray, size, size)
-        c = torch.as_tensor(_scipy_dct2_matrix(size, hash_size), device=q.device)
-        low = (c @ p @ c.T).reshape(n, -1)
-        return low > _median_even(low).unsqueeze(1)
-    raise ValueError(f"no torch implementation of {name!r} (available: {', '.join(FAST_HASHES)})")
+    size = hash_size * 4
+    c = torch.as_tensor(_scipy_dct2_matrix(size, hash_size), device=p.device)
+    r = p.permute(1, 2, 0).to(c.dtype)  # [y, x, n]: the resize's own layout, no copy
+    t = (c @ r.reshape(size, size * n)).view(hash_size, size, n)  # DCT over y: [k, x, n]
+    low = torch.matmul(c, t).permute(2, 0, 1).reshape(n, -1)      # over x: [n, k, l]
+    return low > _median_even(low).unsqueeze(1)
 
 
-# Images per chunk are chosen so a chunk's float32 copy stays near this size: small temporaries
-# stay in the allocator's cache instead of being mapped and zero-filled on every operation.
-_CHUNK_BYTES = 2 << 20
+# Images per chunk are chosen so a chunk's float32 levels stay near this size: the full-size
+# stages (levels, grey, first resize pass) of a chunk run in the CPU's cache; everything after
+# the first resize pass is small and runs once on the whole batch.
+_CHUNK_BYTES = 1 << 19
 
 
 def _check(name: str, x: torch.Tensor) -> None:
@@ -260,28 +324,108 @@ def _check(name: str, x: torch.Tensor) -> None:
         raise ValueError(f"expected images (N, 1 or 3, H, W), got shape {tuple(x.shape)}")
 
 
+def _hashes(names: tuple[str, ...], x: torch.Tensor, hash_size: int, step: int,
+            levels: bool) -> dict[str, torch.Tensor]:
+    """The exact pipeline. Per chunk of ``step`` images: 8-bit levels (float32), then for the
+    imagehash hashes Pillow's grey and one matrix product for the horizontal passes of every
+    size asked for, and for PDQ its first (column) matrix product; the rest on the batch."""
+    n, ch, h, w = x.shape
+    dev = x.device
+    sizes = {name: _resize_size(name, hash_size) for name in names if name != "pdq"}
+    widths = tuple(dict.fromkeys(wd for wd, _ in sizes.values()))
+    hsum = pdq = None
+    wts, split = torch.empty(0), True
+    if widths:
+        wts, split = _axis_weights(w, widths, dev)
+        hsum = torch.empty((wts.shape[0], n * h), dtype=wts.dtype, device=dev)
+    if "pdq" in names:
+        pcols = torch.as_tensor(pdq_axis_matrix(w).T, dtype=torch.float32, device=dev)
+        pdq = torch.empty((n * ch * h, 16), dtype=torch.float32, device=dev)
+    step = min(step, n)
+    q = torch.empty((step, ch, h, w), dtype=torch.float32, device=dev)
+    g = torch.empty((step, h, w), dtype=torch.float32, device=dev)
+    gray_w, half = _gray_consts(dev)
+
+    def views(m: int) -> tuple[torch.Tensor, ...]:
+        # views of the chunk buffers made once per chunk size (most chunks share one size)
+        qm, gm = q[:m], g[:m]
+        gt = gm.view(m * h, w).T if hsum is None or wts.dtype == torch.float32 else None
+        return (qm, qm.view(m, ch, h * w), qm.view(m * ch * h, w), gm, gm.view(m, 1, h * w),
+                gt, gray_w.expand(m, 1, 3))
+
+    full = views(step)
+    for i in range(0, n, step):
+        m = min(step, n - i)
+        qm, q3, q2, gm, g1, gt, wm = full if m == step else views(m)
+        if levels or x.dtype == torch.uint8:
+            qm.copy_(x[i:i + m])
+        else:
+            torch.clamp(x[i:i + m], 0.0, 1.0, out=qm).mul_(255.0).round_()
+        if pdq is not None:
+            torch.mm(q2, pcols, out=pdq[i * ch * h:(i + m) * ch * h])
+        if hsum is not None:
+            if ch == 3:  # Pillow's convert('L'), see pillow_gray
+                torch.baddbmm(half, wm, q3, out=g1).floor_()
+            else:
+                gm.copy_(qm[:, 0])
+            if gt is None:  # no exact float32 split: float64
+                gt = gm.reshape(m * h, w).double().T
+            torch.mm(wts, gt, out=hsum[:, i * h:(i + m) * h])
+    out: dict[str, torch.Tensor] = {}
+    if hsum is not None:
+        passes = dict(zip(widths, _round_sums(hsum, widths, split)))
+        for name, (wd, ht) in sizes.items():
+            p = _resize_t(passes[wd].view(wd, n, h), wd, ht)
+            out[name] = _imagehash_bits(name, p, hash_size)
+    if pdq is not None:
+        t = pdq.view(n, ch, h, 16).double()
+        if ch == 3:
+            t = torch.einsum("nchk,c->nhk", t, torch.tensor(_PDQ_LUMA, dtype=t.dtype,
+                                                             device=dev))
+        else:
+            t = t[:, 0]
+        rows = torch.as_tensor(pdq_axis_matrix(h), dtype=t.dtype, device=dev)
+        coef = (rows @ t).reshape(n, 256)
+        med = torch.kthvalue(coef, 128, dim=1, keepdim=True).values
+        out["pdq"] = (coef > med).flip(1)
+    return out
+
+
+def fast_hashes(names: tuple[str, ...] | list[str], x: torch.Tensor, hash_size: int = 8,
+                chunk: int | None = None) -> dict[str, torch.Tensor]:
+    """:func:`fast_hash` of several hashes of the same images at once: each chunk is read and
+    converted once, Pillow's grey is shared by the imagehash hashes, and their horizontal
+    resize passes are one matrix product."""
+    names = tuple(dict.fromkeys(names))
+    for name in names:
+        _check(name, x)
+    if x.shape[0] == 0:
+        return {name: torch.zeros((0, hash_bits(name, hash_size)), dtype=torch.bool,
+                                  device=x.device) for name in names}
+    step = chunk or max(1, _CHUNK_BYTES // (4 * x[0].numel()))
+    with torch.no_grad():
+        bits = _hashes(names, x, hash_size, step, levels=False)
+    return {name: bits[name] for name in names}
+
+
 def fast_hash(name: str, x: torch.Tensor, hash_size: int = 8,
               chunk: int | None = None) -> torch.Tensor:
     """Exact bits of hash ``name`` for images ``x`` (N, C, H, W): float in [0, 1] (rounded to
     the 8-bit grid) or uint8. Returns bool (N, bits) in the reference libraries' bit order.
 
     ``hash_size`` applies to the imagehash hashes (PDQ is always 256 bits)."""
-    _check(name, x)
-    step = chunk or max(1, _CHUNK_BYTES // (4 * x[0].numel()))
-    with torch.no_grad():
-        parts = [_fast_chunk(name, _levels(x[i:i + step]), hash_size)
-                 for i in range(0, x.shape[0], step)]
-    if not parts:
-        return torch.zeros((0, hash_bits(name, hash_size)), dtype=torch.bool, device=x.device)
-    return torch.cat(parts)
+    return fast_hashes((name,), x, hash_size, chunk)[name]
 
 
 def fast_hash_levels(name: str, q: torch.Tensor, hash_size: int = 8) -> torch.Tensor:
-    """:func:`fast_hash` for images already given as float32 levels in {0, ..., 255} (no
+    """:func:`fast_hash` for images already given as float levels in {0, ..., 255} (no
     rounding pass; the caller guarantees whole levels)."""
     _check(name, q)
+    if q.shape[0] == 0:
+        return fast_hash(name, q, hash_size)
+    step = max(1, _CHUNK_BYTES // (4 * q[0].numel()))
     with torch.no_grad():
-        return _fast_chunk(name, q.float(), hash_size)
+        return _hashes((name,), q, hash_size, step, levels=True)[name]
 
 
 def hash_bits(name: str, hash_size: int = 8) -> int:

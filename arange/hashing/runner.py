@@ -22,9 +22,7 @@ import io
 import itertools
 import json
 import logging
-import platform
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +34,7 @@ from torch import nn
 
 from arange import __version__
 from arange.expr import format_eps
-from arange.scorecard import Check
+from arange.scorecard import Check, format_checks, run_environment
 from arange.stats import wilson_interval
 from arange.store import atomic_write_bytes, atomic_write_json
 from arange.threat import ThreatModel, enforce, project
@@ -54,7 +52,6 @@ from .reference import (
     HASHES,
     hamming,
     hamming_matrix,
-    library_version,
     pairwise_distances,
     read_png,
     reference_bits,
@@ -496,14 +493,8 @@ def _monotonic(rows: list[HashResultRow], axis: str, what: str) -> Check:
 
 # ---------------------------------------------------------------------------- the run
 
-def _libraries() -> dict[str, str]:
-    libs = {}
-    for name in ("imagehash", "pdqhash", "pillow", "numpy", "scipy", "PyWavelets",
-                 "scikit-image", "scikit-learn", "pydantic"):
-        v = library_version(name)
-        if v != "unknown":
-            libs[name] = v
-    return libs
+LIBRARIES = ("imagehash", "pdqhash", "pillow", "numpy", "scipy", "PyWavelets", "scikit-image",
+             "scikit-learn", "pydantic")  # versions recorded in the provenance
 
 
 def run_hash_scenario(s: HashScenario, out: str | Path | None = None, *,
@@ -512,7 +503,7 @@ def run_hash_scenario(s: HashScenario, out: str | Path | None = None, *,
     """Run every job of ``s`` and write ``OUT/scorecard.json`` (see the module docstring)."""
     from tqdm.auto import tqdm
 
-    from arange.runner import _git_sha, resolve_device
+    from arange.runner import resolve_device
 
     started = dt.datetime.now(dt.UTC)
     t_start = time.perf_counter()
@@ -608,12 +599,9 @@ def run_hash_scenario(s: HashScenario, out: str | Path | None = None, *,
                    "ssim", "psnr", "png", "transfer", "targets")} for j, r in records}}
     atomic_write_json(out_dir / "samples.json", samples)
 
-    end = dt.datetime.now(dt.UTC)
     prov = HashProvenance(
-        arange_version=__version__, git_sha=_git_sha(), python=sys.version.split()[0],
-        platform=platform.platform(), torch_version=torch.__version__, libraries=_libraries(),
-        device=str(dev), seed=s.seed, started=started.isoformat(), finished=end.isoformat(),
-        seconds=round(time.perf_counter() - t_start, 3), reference=spec.describe(params),
+        **run_environment(dev, s.seed, started, t_start, LIBRARIES),
+        reference=spec.describe(params),
         dataset=data.name, dataset_fingerprint=data.fingerprint(), dataset_info=data.info,
         scenario_path=str(scenario_path) if scenario_path else None,
         scenario=s.model_dump(mode="json"), jobs_reused=reused)
@@ -652,8 +640,5 @@ def format_hash_summary(card: HashScorecard) -> str:
                      f"{r.eps_label:>7} {r.rate:>8.3f} {f'{lo:.3f}-{hi:.3f}':>13} {q:>7} "
                      f"{(f'{ssim:.3f}' if ssim is not None else '-'):>6} "
                      f"{(f'{psnr:.1f}' if psnr is not None else '-'):>6} {r.seconds:>6.1f}")
-    lines.append("")
-    lines.append("checks:")
-    for c in card.checks:
-        lines.append(f"  [{c.status:>4}] {c.name}: {c.message}")
+    lines += format_checks(card.checks)
     return "\n".join(lines)

@@ -25,17 +25,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from arange.errors import ParamError, RegistryError, ScenarioError
-from arange.expr import format_eps, parse_number
+from arange.errors import ParamError, RegistryError
+from arange.expr import format_eps
 from arange.registry import suggest
-from arange.scenario import _DEVICE_RE, _NAME_RE, _fail, _format_validation, _Strict
+from arange.scenario import (
+    Device,
+    Name,
+    OptionalNumber,
+    _check_component,
+    _fail,
+    _Strict,
+    check_eps,
+    check_gate_rule,
+    check_norm,
+    load_task_scenario,
+    number_list,
+)
 from arange.threat import Norm
 
 TASK = "hash_matching"
 # Metrics a hash gate may name (validated here; evaluated by ``arange gate``).
 HASH_METRICS = ("evasion_rate", "collision_rate", "clean_detection_rate", "false_positive_rate")
+UNATTACKED_METRICS = ("clean_detection_rate", "false_positive_rate")  # no attack, no eps
 
 
 class HashDataset(_Strict):
@@ -59,13 +72,6 @@ class HashTarget(_Strict):
         return v if isinstance(v, list) else [v]
 
 
-def _eps_list(value: Any) -> list[float]:
-    values = value if isinstance(value, list) else [value]
-    if not values:
-        raise ValueError("needs at least one value, e.g. [8/255, 16/255]")
-    return [parse_number(v) for v in values]
-
-
 class HashAttackSpec(_Strict):
     name: str
     label: str | None = None
@@ -79,7 +85,7 @@ class HashAttackSpec(_Strict):
     @field_validator("eps", mode="before")
     @classmethod
     def _parse_eps(cls, v: Any) -> list[float]:
-        return _eps_list(v)
+        return number_list(v, "[8/255, 16/255]")
 
     @property
     def key(self) -> str:
@@ -108,69 +114,27 @@ class HashGate(_Strict):
     name: str | None = None
     metric: str
     attack: str | None = None
-    eps: float | None = None
+    eps: OptionalNumber = None
     threshold: int | None = None
-    min: float | None = None
-    max: float | None = None
-
-    @field_validator("eps", "min", "max", mode="before")
-    @classmethod
-    def _num(cls, v: Any) -> float | None:
-        return None if v is None else parse_number(v)
+    min: OptionalNumber = None
+    max: OptionalNumber = None
 
 
 class HashScenario(_Strict):
-    name: str
+    name: Name
     task: Literal["hash_matching"] = TASK
     description: str = ""
     seed: int = Field(0, ge=0, le=2**31 - 1)
-    device: str = "auto"
+    device: Device = "auto"
     target: HashTarget
     attacks: list[HashAttackSpec] = Field(min_length=1)
     evaluation: HashEvaluation = Field(default_factory=HashEvaluation)
     gates: list[HashGate] = Field(default_factory=list)
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not _NAME_RE.match(v):
-            raise ValueError("use letters, digits, '_', '-' or '.', starting with a letter or "
-                             f"digit, at most 64 characters (got {v!r})")
-        return v
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        if not _DEVICE_RE.match(v):
-            raise ValueError(f"must be auto, cpu, cuda or cuda:N (got {v!r})")
-        return v
-
 
 def load_hash_scenario(raw: dict[str, Any], source: str, base_dir: Path | None) -> HashScenario:
     """Validate a ``task: hash_matching`` mapping (the :class:`arange.tasks.Task` loader)."""
-    try:
-        s = HashScenario.model_validate(raw)
-    except ValidationError as e:
-        raise ScenarioError(_format_validation(e, source, HashScenario)) from e
-    s = _resolve_paths(s, base_dir)
-    validate_hash_scenario(s, source)
-    return s
-
-
-def _resolve_paths(s: HashScenario, base_dir: Path | None) -> HashScenario:
-    opts = dict(s.target.dataset.options)
-    root = opts.get("root")
-    if base_dir is None or not isinstance(root, str) or Path(root).expanduser().is_absolute():
-        return s
-    opts["root"] = str((base_dir / root).resolve())
-    ds = s.target.dataset.model_copy(update={"options": opts})
-    return s.model_copy(update={"target": s.target.model_copy(update={"dataset": ds})})
-
-
-def _check_params(factory: Any, params: dict[str, Any], what: str, source: str, path: str
-                  ) -> Any:
-    from arange.scenario import build_component
-    return build_component(factory, params, what, source, path)
+    return load_task_scenario(HashScenario, raw, source, base_dir, validate_hash_scenario)
 
 
 def validate_hash_scenario(s: HashScenario, source: str = "<scenario>") -> None:
@@ -194,12 +158,8 @@ def validate_hash_scenario(s: HashScenario, source: str = "<scenario>") -> None:
                         f"{t.hash} ({bits} bits) (got {thr})")
     if len(set(t.thresholds)) != len(t.thresholds):
         raise _fail(source, "target.thresholds", "lists the same value twice")
-    try:
-        factory = HASH_DATASETS.get(t.dataset.name)
-    except RegistryError as e:
-        raise _fail(source, "target.dataset.name", str(e)) from e
-    _check_params(factory, t.dataset.options, f"hash dataset {t.dataset.name!r}", source,
-                  "target.dataset.options")
+    _check_component(HASH_DATASETS, t.dataset.name, t.dataset.options, source,
+                     "target.dataset.name", "target.dataset.options")
     root = t.dataset.options.get("root")
     if isinstance(root, str) and not Path(root).expanduser().is_dir():
         raise _fail(source, "target.dataset.options.root", f"folder {root} does not exist; give "
@@ -208,28 +168,15 @@ def validate_hash_scenario(s: HashScenario, source: str = "<scenario>") -> None:
     seen: set[str] = set()
     for i, a in enumerate(s.attacks):
         path = f"attacks[{i}]"
-        try:
-            factory = HASH_ATTACKS.get(a.name)
-        except RegistryError as e:
-            raise _fail(source, f"{path}.name", str(e)) from e
-        attack = _check_params(factory, a.params, f"hash attack {a.name!r}", source,
-                               f"{path}.params")
+        attack = _check_component(HASH_ATTACKS, a.name, a.params, source, f"{path}.name",
+                                  f"{path}.params")
         if getattr(attack, "kind", "") == "white-box" and not spec.surrogate:
             raise _fail(source, f"{path}.name", f"{a.name} is white-box and needs a "
                         f"differentiable surrogate, which {t.hash} does not have (surrogates: "
                         f"{', '.join(n for n in HASHES.names() if HASHES.get(n).surrogate)}); "
                         "use the black-box attack nes")
-        norms = getattr(attack, "norms", (Norm.linf, Norm.l2))
-        if a.norm not in norms:
-            raise _fail(source, f"{path}.norm", f"{a.name} supports "
-                        f"{', '.join(n.value for n in norms)} (got {a.norm.value})")
-        for j, eps in enumerate(a.eps):
-            limit = 1.0 if a.norm is Norm.linf else 1000.0
-            if not 0 < eps <= limit:
-                raise _fail(source, f"{path}.eps[{j}]",
-                            f"must be > 0 and <= {limit:g} for {a.norm.value} (got {eps:g})")
-        if len(set(a.eps)) != len(a.eps):
-            raise _fail(source, f"{path}.eps", "lists the same value twice")
+        check_norm(attack, a.name, a.norm, source, path)
+        check_eps(a.eps, a.norm, source, path)
         if a.margin >= bits:
             raise _fail(source, f"{path}.margin", f"must be < {bits} (got {a.margin})")
         for j, thr in enumerate(a.thresholds or []):
@@ -257,22 +204,29 @@ def validate_hash_scenario(s: HashScenario, source: str = "<scenario>") -> None:
                             f"in [0, {nb - 1}] (got {thr!r})")
 
     keys = [a.key for a in s.attacks]
+    goals = {a.key: a.goal for a in s.attacks}
     all_eps = sorted({e for a in s.attacks for e in a.eps})
     for i, g in enumerate(s.gates):
         path = f"gates[{i}]"
-        if g.metric not in HASH_METRICS:
-            raise _fail(source, f"{path}.metric", f"unknown metric {g.metric!r}"
-                        f"{suggest(g.metric, list(HASH_METRICS))} (available: "
-                        f"{', '.join(HASH_METRICS)})")
+        check_gate_rule(g, HASH_METRICS, source, path)
         if g.min is None and g.max is None:
             raise _fail(source, path, "needs min or max")
-        for bound in ("min", "max"):
-            v = getattr(g, bound)
-            if v is not None and not 0 <= v <= 1:
-                raise _fail(source, f"{path}.{bound}", f"rates are in [0, 1] (got {v:g})")
         if g.attack is not None and g.attack not in keys:
             raise _fail(source, f"{path}.attack", f"no attack {g.attack!r} in this scenario"
                         f"{suggest(g.attack, keys)} (attacks: {', '.join(keys)})")
+        if g.metric in UNATTACKED_METRICS:
+            for key in ("attack", "eps"):
+                if getattr(g, key) is not None:
+                    raise _fail(source, f"{path}.{key}", f"{g.metric} is measured on "
+                                f"unmodified images; remove {key}")
+        else:
+            goal = g.metric.removesuffix("_rate")
+            if g.attack is not None and goals[g.attack] != goal:
+                raise _fail(source, f"{path}.metric", f"attack {g.attack!r} aims at "
+                            f"{goals[g.attack]}; gate it with {goals[g.attack]}_rate")
+            if goal not in goals.values():
+                raise _fail(source, f"{path}.metric", f"no {goal} attack in this scenario "
+                            f"(attacks: {', '.join(f'{k} ({v})' for k, v in goals.items())})")
         if g.eps is not None and not any(abs(g.eps - e) < 1e-9 for e in all_eps):
             raise _fail(source, f"{path}.eps", f"no attack runs at eps {format_eps(g.eps)} "
                         f"(scenario eps: {', '.join(format_eps(e) for e in all_eps)})")

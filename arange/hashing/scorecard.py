@@ -8,43 +8,31 @@ evading images in ``images/<job_id>/`` and the originals in ``images/original/``
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
-from arange.errors import ArangeError
-from arange.scorecard import Check
-from arange.store import atomic_write_text
+from arange.scorecard import (
+    Check,
+    DataProvenance,
+    RunProvenance,
+    ScorecardBase,
+    _Model,
+    read_scorecard,
+)
 
 SCHEMA_VERSION = 1
 TASK = "hash_matching"
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class HashProvenance(_Model):
-    arange_version: str
-    git_sha: str | None
-    python: str
-    platform: str
-    torch_version: str
-    libraries: dict[str, str]
-    device: str
-    seed: int
-    started: str
-    finished: str
-    seconds: float
+class _Oracle(_Model):
     reference: str                 # the oracle, e.g. "imagehash 4.3.2 phash(hash_size=8)"
-    dataset: str
-    dataset_fingerprint: str
-    dataset_info: dict[str, Any] = Field(default_factory=dict)
-    scenario_path: str | None
-    scenario: dict[str, Any]
-    jobs_reused: int = 0
+
+
+# The run, then the oracle, then the data and scenario (in this order in the JSON).
+class HashProvenance(DataProvenance, _Oracle, RunProvenance):
+    pass
 
 
 class Matcher(_Model):
@@ -177,7 +165,7 @@ class SweepRow(_Model):
     success: dict[str, float]      # "<attack>@<eps>" -> verified success rate at this threshold
 
 
-class HashScorecard(_Model):
+class HashScorecard(ScorecardBase):
     schema_version: int = SCHEMA_VERSION
     task: Literal["hash_matching"] = TASK
     name: str
@@ -192,41 +180,12 @@ class HashScorecard(_Model):
     checks: list[Check]
     files: dict[str, str] = Field(default_factory=dict)
 
-    def to_json(self) -> str:
-        return self.model_dump_json(indent=2) + "\n"
-
-    def save(self, path: str | Path) -> None:
-        atomic_write_text(path, self.to_json())
-
     def row(self, attack: str, eps: float, threshold: int) -> HashResultRow:
         for r in self.results:
             if r.attack == attack and r.threshold == threshold and abs(r.eps - eps) < 1e-9:
                 return r
         raise KeyError(f"no result for attack={attack!r} eps={eps} threshold={threshold}")
 
-    def check(self, name: str) -> Check:
-        for c in self.checks:
-            if c.name == name:
-                return c
-        raise KeyError(name)
-
 
 def load_hash_scorecard(path: str | Path) -> HashScorecard:
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArangeError(f"{path}: no such scorecard") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ArangeError(f"{path}: not a readable scorecard JSON file: {e}") from e
-    if not isinstance(raw, dict) or raw.get("task") != TASK:
-        raise ArangeError(f"{path}: not a hash_matching scorecard")
-    if raw.get("schema_version") != SCHEMA_VERSION:
-        raise ArangeError(f"{path}: hash scorecard schema_version {raw.get('schema_version')} "
-                          f"is not supported (reads version {SCHEMA_VERSION})")
-    try:
-        return HashScorecard.model_validate(raw)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise ArangeError(f"{path}: invalid scorecard: {loc}: {first['msg']}") from e
+    return read_scorecard(path, HashScorecard, SCHEMA_VERSION, task=TASK)

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from ..errors import WeightsError
 

@@ -1,0 +1,644 @@
+"""The forensics runner: scenario -> forgeries -> trained detectors -> scored rows -> scorecard.
+
+1. The photographs are split by source into training and test images; every test tile gets one
+   mask (shared by all inpainters, so their rows are paired) and is forged by every inpainter.
+   Forgeries are checked to differ from their real image only inside the mask.
+2. The GAN inpainter and the detectors are trained on the training photographs (cached under
+   ``$ARANGE_CACHE_DIR/forensics``, resumable). Detectors see forgeries of ``train_inpainters``
+   only; the other inpainters are "unseen".
+3. Rows: per (detector, inpainter) on clean forgeries; per detector on untouched images; per
+   (detector, perturbation, strength) for JPEG / resize / noise; and the adversarial rows.
+4. Attacks are arange's PGD (``arange.attacks.pgd``) with an objective that suppresses the
+   forgery map. What counts is decided here: the output is checked and projected by
+   :func:`arange.threat.enforce` with uint8 quantisation (towards the clean image, never out of
+   the ball), then the *target* detector re-scores it, and again after a JPEG round trip.
+   Transfer rows craft the attack on a copy of the detector trained with another seed.
+
+Jobs are written atomically to ``OUT/jobs/`` under a content key; an interrupted run resumes
+without redoing finished jobs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import itertools
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arange import __version__
+from arange.expr import format_eps
+from arange.scorecard import Check, format_checks, run_environment
+from arange.stats import wilson_interval
+from arange.store import atomic_write_bytes, atomic_write_json
+from arange.threat import Norm, ThreatModel, enforce
+
+from . import metrics as M
+from .data import Split, load_split, to_tensor, to_uint8
+from .detector import NoiseResidualNet, build_detector
+from .inpainters import INPAINTERS, Inpainter, PrepareContext, inpaint
+from .masks import make_masks
+from .scenario import AttackSpec, ForensicsScenario
+from .scorecard import (
+    DetectorInfo,
+    ForensicsProvenance,
+    ForensicsScorecard,
+    InpainterInfo,
+    ResultRow,
+    RobustnessRow,
+    UntouchedRow,
+)
+from .training import forge_training_set, train_detector
+
+log = logging.getLogger(__name__)
+JOB_FORMAT = 1
+
+
+# ---------------------------------------------------------------------------- scoring
+
+@torch.no_grad()
+def predict(net: NoiseResidualNet, images: np.ndarray, device: torch.device,
+            batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(probability maps N x H x W float32, image scores N) for uint8 NHWC images."""
+    net.eval()
+    maps, scores = [], []
+    for s in range(0, len(images), batch_size):
+        logits = net(to_tensor(images[s:s + batch_size]).to(device))
+        maps.append(torch.sigmoid(logits)[:, 0].cpu().numpy().astype(np.float32))
+        scores.append(torch.sigmoid(net.image_logit(logits)).cpu().numpy().astype(np.float32))
+    if not maps:
+        h, w = images.shape[1:3]
+        return np.zeros((0, h, w), np.float32), np.zeros(0, np.float32)
+    return np.concatenate(maps), np.concatenate(scores)
+
+
+def jpeg(images: np.ndarray, quality: int) -> np.ndarray:
+    """A JPEG round trip (Pillow, 4:2:0) of uint8 NHWC images."""
+    from PIL import Image
+    out = np.empty_like(images)
+    for i, im in enumerate(images):
+        buf = io.BytesIO()
+        Image.fromarray(im, "RGB").save(buf, format="JPEG", quality=int(quality))
+        buf.seek(0)
+        with Image.open(buf) as back:
+            out[i] = np.asarray(back.convert("RGB"), dtype=np.uint8)
+    return out
+
+
+def perturb(images: np.ndarray, name: str, strength: float, seed: int) -> np.ndarray:
+    """A benign perturbation of uint8 NHWC images; the result is uint8 again."""
+    from PIL import Image
+    if name == "jpeg":
+        return jpeg(images, int(strength))
+    if name == "resize":
+        h, w = images.shape[1:3]
+        small = (max(1, round(w * strength)), max(1, round(h * strength)))
+        out = np.empty_like(images)
+        for i, im in enumerate(images):
+            down = Image.fromarray(im, "RGB").resize(small, Image.Resampling.BILINEAR)
+            out[i] = np.asarray(down.resize((w, h), Image.Resampling.BILINEAR), np.uint8)
+        return out
+    if name == "noise":
+        rng = np.random.default_rng([seed, 31])
+        noisy = images.astype(np.float64) + rng.normal(0, strength * 255, images.shape)
+        return np.clip(np.round(noisy), 0, 255).astype(np.uint8)
+    raise ValueError(f"unknown perturbation {name!r}")
+
+
+def _rate(k: int, n: int) -> tuple[float, tuple[float, float]]:
+    return (k / n if n else 0.0), wilson_interval(k, n)
+
+
+def _r(v: float | None, nd: int = 5) -> float | None:
+    return None if v is None else round(float(v), nd)
+
+
+def _ci(ci: tuple[float, float]) -> tuple[float, float]:
+    return (round(ci[0], 5), round(ci[1], 5))
+
+
+def localisation(maps: np.ndarray, masks: np.ndarray, scores: np.ndarray, seed: int,
+                 ci: bool = True) -> dict[str, Any]:
+    """The metrics shared by every row on forged images."""
+    per = M.per_image(maps, masks, 0.5)
+    k = int((scores >= 0.5).sum())
+    rate, rate_ci = _rate(k, len(scores))
+    auc = M.roc_auc(maps, masks)
+    return {"n": len(maps), "auc": _r(auc),
+            "auc_ci": _ci(M.pixel_auc_ci(maps, masks, seed=seed)) if ci and auc is not None
+            else (0.0, 0.0),
+            "f1": _r(per["f1"].mean()), "f1_ci": _ci(M.bootstrap_mean(per["f1"], seed=seed)),
+            "iou": _r(per["iou"].mean()), "iou_ci": _ci(M.bootstrap_mean(per["iou"], seed=seed)),
+            "f1_boundary_excluded": _r(per["f1_boundary"].mean()),
+            "detection_rate": rate, "detection_rate_ci": _ci(rate_ci),
+            "mask_score": _r(float(maps[masks].mean()) if masks.any() else 0.0),
+            "_per_image": {"f1": per["f1"].round(5).tolist(),
+                           "iou": per["iou"].round(5).tolist(),
+                           "score": scores.round(5).tolist()}}
+
+
+# ---------------------------------------------------------------------------- attacks
+
+class SuppressMap:
+    """PGD objective for the forger, who knows the mask: push the pixel logits inside the mask
+    and the image logit towards "real" (maximise minus their softplus). Success: no pixel of
+    the mask at or above 0.5. The model passed to PGD returns pixel logits."""
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        m = target.flatten(1)
+        sp = F.softplus(output.flatten(1))
+        return -(sp * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0) - 0.1 * sp.mean(dim=1)
+
+    def success(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        inside = torch.where(target.flatten(1) > 0, output.flatten(1),
+                             torch.full_like(output.flatten(1), -1.0))
+        return (inside < 0).all(dim=1)
+
+
+def run_pgd(net: nn.Module, images: np.ndarray, masks: np.ndarray, eps: float,
+            params: dict[str, Any], seed: int, device: torch.device, batch_size: int
+            ) -> tuple[np.ndarray, dict[str, Any]]:
+    """White-box PGD through ``net``; returns the evaluated uint8 images and budget facts."""
+    from arange.attacks.base import input_gradients_only
+    from arange.registry import create_attack
+
+    attack = create_attack("pgd", **params)
+    threat = ThreatModel(Norm.linf, eps, quantize=True)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out = np.empty_like(images)
+    violations = 0
+    linf = 0.0
+    off_grid = 0
+    net.eval()
+    with input_gradients_only(net):
+        for s in range(0, len(images), batch_size):
+            x = to_tensor(images[s:s + batch_size]).to(device)
+            y = torch.from_numpy(masks[s:s + batch_size])[:, None].float().to(device)
+            raw = attack.run(net, x, y, threat, SuppressMap(), gen).x_adv.detach()
+            final = enforce(x, raw, threat)
+            violations += int(final.violations.sum())
+            linf = max(linf, float((final.x_adv - x).abs().max()) if x.numel() else 0.0)
+            grid = final.x_adv * 255
+            off_grid += int(((grid - grid.round()).abs() > 1e-3).flatten(1).any(dim=1).sum())
+            out[s:s + batch_size] = to_uint8(final.x_adv)
+    return out, {"linf_max": linf, "budget_violations": violations, "off_grid": off_grid,
+                 "attack_params": attack.params()}
+
+
+# ---------------------------------------------------------------------------- context
+
+@dataclass
+class Context:
+    s: ForensicsScenario
+    split: Split
+    device: torch.device
+    out: Path
+    masks: np.ndarray                                   # test masks (M, c, c)
+    forged: dict[str, np.ndarray]                       # inpainter -> forged test tiles
+    seen: dict[str, bool]
+    nets: dict[str, NoiseResidualNet] = field(default_factory=dict)
+    shas: dict[str, str] = field(default_factory=dict)
+    fingerprint: str = ""
+    real_pred: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    def real(self, det: str) -> tuple[np.ndarray, np.ndarray]:
+        if det not in self.real_pred:
+            self.real_pred[det] = predict(self.nets[det], self.split.test, self.device,
+                                          self.s.target.batch_size)
+        return self.real_pred[det]
+
+
+def _key(spec: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _save_examples(ctx: Context, job_id: str, images: np.ndarray, masks: np.ndarray,
+                   maps: np.ndarray, names: list[str], f1: list[float]) -> None:
+    k = min(ctx.s.target.examples, len(images))
+    if k == 0:
+        return
+    buf = io.BytesIO()
+    np.savez_compressed(buf, image=np.ascontiguousarray(images[:k].transpose(0, 3, 1, 2)),
+                        mask=masks[:k].astype(bool), score_map=maps[:k].astype(np.float32),
+                        inpainter=np.array(names[:k]), f1=np.array(f1[:k], dtype=np.float32))
+    atomic_write_bytes(ctx.out / "examples" / f"{job_id}.npz", buf.getvalue())
+
+
+def _all_forged(ctx: Context) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    names = list(ctx.forged)
+    images = np.concatenate([ctx.forged[n] for n in names])
+    masks = np.concatenate([ctx.masks] * len(names))
+    labels = [n for n in names for _ in range(len(ctx.masks))]
+    return images, masks, labels
+
+
+# ---------------------------------------------------------------------------- jobs
+
+def job_clean(ctx: Context, det: str, inp: str) -> dict[str, Any]:
+    maps, scores = predict(ctx.nets[det], ctx.forged[inp], ctx.device, ctx.s.target.batch_size)
+    _, real_scores = ctx.real(det)
+    row = localisation(maps, ctx.masks, scores, ctx.s.seed)
+    thr, f1b = M.best_threshold_f1(maps, ctx.masks)
+    iauc = M.image_auc(scores, real_scores)
+    job_id = f"{det}__{inp}"
+    _save_examples(ctx, job_id, ctx.forged[inp], ctx.masks, maps,
+                   [inp] * len(maps), row["_per_image"]["f1"])
+    return {**row, "job_id": job_id, "detector": det, "inpainter": inp,
+            "seen": ctx.seen[inp], "f1_best": _r(f1b), "best_threshold": thr,
+            "image_auc": _r(iauc),
+            "image_auc_ci": _ci(M.paired_bootstrap(M.image_auc, scores, real_scores,
+                                                   seed=ctx.s.seed)) if iauc is not None
+            else (0.0, 0.0),
+            "mask_area": _r(float(ctx.masks.mean()))}
+
+
+def job_untouched(ctx: Context, det: str) -> dict[str, Any]:
+    maps, scores = ctx.real(det)
+    k = int((scores >= 0.5).sum())
+    rate, ci = _rate(k, len(scores))
+    return {"job_id": f"{det}__untouched", "detector": det, "n": len(scores), "image_fpr": rate,
+            "image_fpr_ci": _ci(ci), "pixel_fpr": _r(float((maps >= 0.5).mean())),
+            "mean_score": _r(float(scores.mean())),
+            "_per_image": {"score": scores.round(5).tolist()}}
+
+
+def _split_aucs(ctx: Context, maps: np.ndarray, masks: np.ndarray, labels: list[str]
+                ) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for split in (True, False):
+        sel = np.array([ctx.seen[n] is split for n in labels])
+        out["auc_seen" if split else "auc_unseen"] = _r(M.roc_auc(maps[sel], masks[sel])) \
+            if sel.any() else None
+    return out
+
+
+def job_benign(ctx: Context, det: str, pert: str, strength: float) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    images, masks, labels = _all_forged(ctx)
+    pimg = perturb(images, pert, strength, ctx.s.seed)
+    preal = perturb(ctx.split.test, pert, strength, ctx.s.seed + 1)
+    maps, scores = predict(ctx.nets[det], pimg, ctx.device, ctx.s.target.batch_size)
+    _, rscores = predict(ctx.nets[det], preal, ctx.device, ctx.s.target.batch_size)
+    row = localisation(maps, masks, scores, ctx.s.seed)
+    label = format_eps(strength) if pert == "noise" else f"{strength:g}"
+    job_id = f"{det}__{pert}-{label.replace('/', '_')}"
+    _save_examples(ctx, job_id, pimg, masks, maps, labels, row["_per_image"]["f1"])
+    return {**row, **_split_aucs(ctx, maps, masks, labels), "job_id": job_id, "detector": det,
+            "perturbation": pert, "kind": "benign", "strength": float(strength),
+            "eps_label": label, "image_auc": _r(M.image_auc(scores, rscores)),
+            "image_fpr": float((rscores >= 0.5).mean()),
+            "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def attack_subset(ctx: Context, n: int | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Forged test images taking the inpainters in turn (image i from inpainter i mod k)."""
+    names = list(ctx.forged)
+    m = len(ctx.masks)
+    count = m if n is None else min(n, m)
+    idx = np.arange(count)
+    images = np.stack([ctx.forged[names[i % len(names)]][i] for i in idx])
+    return images, ctx.masks[idx], [names[i % len(names)] for i in idx]
+
+
+def job_attack(ctx: Context, a: AttackSpec, eps: float, transfer: bool) -> list[dict[str, Any]]:
+    """Rows for one eps: the attacked images scored by the target, and after a JPEG trip."""
+    t0 = time.perf_counter()
+    target = ctx.s.target_detector
+    source = f"{target}@seed{ctx.s.seed + 1}" if transfer else target
+    images, masks, labels = attack_subset(ctx, a.samples)
+    seed = int(_key({"eps": eps, "transfer": transfer, "seed": ctx.s.seed})[:8], 16)
+    if eps > 0:
+        adv, facts = run_pgd(ctx.nets[source], images, masks, eps, a.params, seed, ctx.device,
+                             ctx.s.target.batch_size)
+    else:
+        adv, facts = images, {"linf_max": 0.0, "budget_violations": 0, "off_grid": 0,
+                              "attack_params": {}}
+    kind = "transfer" if transfer else "white-box"
+    base = "transfer_pgd" if transfer else "pgd"
+    label = format_eps(eps) if eps > 0 else "0"
+    variants = [(base, adv)]
+    if a.jpeg_quality is not None:
+        variants.append((f"{base}+jpeg{a.jpeg_quality}", jpeg(adv, a.jpeg_quality)))
+    rows = []
+    for pert, imgs in variants:
+        maps, scores = predict(ctx.nets[target], imgs, ctx.device, ctx.s.target.batch_size)
+        row = localisation(maps, masks, scores, ctx.s.seed)
+        job_id = f"{target}__{pert}-{label.replace('/', '_')}"
+        _save_examples(ctx, job_id, imgs, masks, maps, labels, row["_per_image"]["f1"])
+        rows.append({**row, **_split_aucs(ctx, maps, masks, labels), "job_id": job_id,
+                     "detector": target, "perturbation": pert, "kind": kind,
+                     "strength": float(eps), "eps_label": label, "source": source,
+                     **facts, "seconds": round(time.perf_counter() - t0, 3)})
+    return rows
+
+
+def _cached(ctx: Context, job_id: str, spec: dict[str, Any], fn: Any, finished: list[int]
+            ) -> Any:
+    key = _key({**spec, "format": JOB_FORMAT, "arange": __version__, "data": ctx.fingerprint,
+                "weights": ctx.shas})
+    path = ctx.out / "jobs" / f"{job_id}.json"
+    try:
+        rec = json.loads(path.read_text())
+        if rec.get("format") == JOB_FORMAT and rec.get("key") == key and all(
+                (ctx.out / "examples" / f"{r['job_id']}.npz").is_file() or ctx.s.target.examples
+                == 0 or r["job_id"].endswith("__untouched") for r in rec["rows"]):
+            finished[0] += 1
+            return rec["rows"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        pass
+    rows = fn()
+    rows = rows if isinstance(rows, list) else [rows]
+    atomic_write_json(path, {"format": JOB_FORMAT, "key": key, "job_id": job_id, "rows": rows})
+    return rows
+
+
+# ---------------------------------------------------------------------------- checks
+
+def _checks(ctx: Context, infos: list[InpainterInfo], results: list[ResultRow],
+            rob: list[RobustnessRow]) -> list[Check]:
+    checks = []
+    leaked = [i for i in infos if i.changed_outside_mask]
+    if leaked:
+        checks.append(Check(name="paste_inside_mask", status="fail",
+                            message="forgeries changed pixels outside their masks: " + ", ".join(
+                                f"{i.name} ({i.changed_outside_mask})" for i in leaked)))
+    else:
+        checks.append(Check(name="paste_inside_mask", status="pass",
+                            message="every forged test image equals its real image outside the "
+                            "mask, bit for bit"))
+    attacks = [r for r in rob if r.kind != "benign" and r.strength > 0]
+    over = [r for r in attacks if (r.linf_max or 0) > r.strength + 1e-6 or r.off_grid]
+    proposed = [r for r in attacks if r.budget_violations]
+    if not attacks:
+        checks.append(Check(name="budget", status="skip", message="no attack in this scenario"))
+    elif over:
+        checks.append(Check(name="budget", status="fail", message=f"{len(over)} attack row(s) "
+                            "evaluated images beyond eps or off the 8-bit grid",
+                            details={"rows": [r.job_id for r in over]}))
+    else:
+        checks.append(Check(name="budget", status="pass" if not proposed else "warn",
+                            message="every attacked image is inside its eps-ball and on the "
+                            "8-bit grid" + (f"; the runner projected "
+                                            f"{sum(r.budget_violations or 0 for r in proposed)}"
+                                            " raw outputs" if proposed else "")))
+    # detection should not rise with eps; white-box should beat transfer
+    bad = []
+    series: dict[str, list[RobustnessRow]] = {}
+    for r in rob:
+        if r.kind != "benign":
+            series.setdefault(r.perturbation, []).append(r)
+    for name, rs in series.items():
+        rs.sort(key=lambda r: r.strength)
+        for lo, hi in itertools.pairwise(rs):
+            if (hi.auc or 0) > (lo.auc or 0) + 0.02:
+                bad.append(f"{name}: AUC {lo.auc} at {lo.eps_label} < {hi.auc} at "
+                           f"{hi.eps_label}")
+    wb = {r.strength: r for r in rob if r.perturbation == "pgd"}
+    for r in rob:
+        if r.perturbation == "transfer_pgd" and r.strength in wb and r.strength > 0 and \
+                (wb[r.strength].auc or 0) > (r.auc or 0) + 0.02:
+            bad.append(f"transfer at {r.eps_label} (AUC {r.auc}) beats white-box "
+                       f"(AUC {wb[r.strength].auc})")
+    if not series:
+        checks.append(Check(name="attack_sanity", status="skip", message="no attack rows"))
+    elif bad:
+        checks.append(Check(name="attack_sanity", status="warn", message="the white-box attack "
+                            "is weaker than it should be (gradient masking or too few steps?): "
+                            + "; ".join(bad[:3]), details={"violations": bad}))
+    else:
+        checks.append(Check(name="attack_sanity", status="pass", message="AUC never rises with "
+                            "eps and white-box PGD is at least as strong as transfer"))
+    target = ctx.s.target_detector
+    seen = [r for r in results if r.detector == target and r.seen and r.auc is not None]
+    if seen:
+        low = min(seen, key=lambda r: r.auc or 0)
+        ok = (low.auc or 0) >= 0.9
+        checks.append(Check(name="detector_quality", status="pass" if ok else "warn",
+                            message=f"{target}: lowest pixel AUC on a seen inpainter is "
+                            f"{low.auc:.3f} ({low.inpainter})" + ("" if ok else "; below 0.90, "
+                            "so its attack rows say little: train longer or larger")))
+    return checks
+
+
+# ---------------------------------------------------------------------------- the run
+
+LIBRARIES = ("numpy", "scipy", "scikit-image", "opencv-python-headless", "pillow",
+             "pydantic")  # versions recorded in the provenance
+
+
+def run_forensics_scenario(s: ForensicsScenario, out: str | Path | None = None, *,
+                           device: str | None = None, resume: bool = True,
+                           progress: bool = True, scenario_path: str | Path | None = None
+                           ) -> ForensicsScorecard:
+    """Run ``s`` and write ``OUT/scorecard.json`` (see the module docstring)."""
+    from tqdm.auto import tqdm
+
+    from arange.runner import resolve_device
+
+    started = dt.datetime.now(dt.UTC)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    dev = resolve_device(device or s.device)
+    t = s.target
+    out_dir = Path(out) if out is not None else Path("runs") / s.name
+    (out_dir / "jobs").mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(s.seed)
+
+    split = load_split(t.dataset.name, t.dataset.options, t.crop, t.test_fraction,
+                       t.test_images, s.seed)
+    mk = t.masks
+    kinds = tuple(mk.kinds)
+    ctx_p = PrepareContext(split.train, split.fingerprint(), t.crop, kinds, mk.min_area,
+                           mk.max_area, s.seed, dev, progress)
+    inps: dict[str, Inpainter] = {}
+    infos: list[InpainterInfo] = []
+    t0 = time.perf_counter()
+    for spec in s.inpainters:
+        inp = INPAINTERS.create(spec.name, **spec.params)
+        training = inp.prepare(ctx_p)
+        inps[spec.name] = inp
+        infos.append(InpainterInfo(name=spec.name, kind=inp.kind,
+                                   seen=spec.name in s.train_inpainters, params=inp.params(),
+                                   description=INPAINTERS.describe(spec.name),
+                                   training=training))
+    timings["inpainter_training"] = round(time.perf_counter() - t0, 2)
+
+    t0 = time.perf_counter()
+    rng = np.random.default_rng([s.seed, 101])
+    masks, _ = make_masks(len(split.test), t.crop, t.crop, rng, kinds, mk.min_area, mk.max_area)
+    forged: dict[str, np.ndarray] = {}
+    for info in infos:
+        f = inpaint(inps[info.name], split.test, masks)
+        info.changed_outside_mask = int((f != split.test).any(axis=-1)[~masks].sum())
+        forged[info.name] = f
+    timings["forging"] = round(time.perf_counter() - t0, 2)
+    seen = {i.name: i.seen for i in infos}
+    ctx = Context(s, split, dev, out_dir, masks, forged, seen)
+    h = hashlib.sha256(split.fingerprint().encode())
+    h.update(masks.tobytes())
+    for arr in forged.values():
+        h.update(arr.tobytes())
+    ctx.fingerprint = h.hexdigest()
+
+    # detectors (and the transfer source), trained on forgeries of the seen inpainters
+    t0 = time.perf_counter()
+    train_imgs, train_masks = forge_training_set(
+        split.train, {n: inps[n] for n in s.train_inpainters}, t.train_patches, t.crop, kinds,
+        mk.min_area, mk.max_area, t.real_fraction, s.seed)
+    train_fp = hashlib.sha256(train_imgs.tobytes() + train_masks.tobytes()).hexdigest()
+    timings["training_set"] = round(time.perf_counter() - t0, 2)
+    jobs_specs = [(d, s.seed, d.label, "detector") for d in s.detectors]
+    if any(a.transfer for a in s.attacks):
+        d = next(d for d in s.detectors if d.label == s.target_detector)
+        jobs_specs.append((d, s.seed + 1, f"{d.label}@seed{s.seed + 1}", "transfer_source"))
+    det_infos = []
+    t0 = time.perf_counter()
+    for d, seed, label, role in jobs_specs:
+        net = build_detector(d.name, d.params)
+        spec = {"detector": d.name, "params": net.config(), "training": d.training.model_dump(),
+                "train_set": train_fp, "seed": seed}
+        tr = d.training
+        trained = train_detector(net, train_imgs, train_masks, epochs=tr.epochs,
+                                 batch_size=tr.batch_size, lr=tr.lr,
+                                 weight_decay=tr.weight_decay, seed=seed, device=dev,
+                                 spec=spec, progress=progress, desc=f"training {label}")
+        net.to(dev).eval()
+        ctx.nets[label] = net
+        ctx.shas[label] = trained.sha256
+        det_infos.append(DetectorInfo(label=label, name=d.name, params=net.config(),
+                                      training={**tr.model_dump(),
+                                                "train_inpainters": list(s.train_inpainters),
+                                                "train_patches": t.train_patches,
+                                                "final": trained.info.get("final", {})},
+                                      seed=seed, weights=trained.path.name,
+                                      sha256=trained.sha256,
+                                      train_seconds=trained.info.get("train_seconds"),
+                                      cached=bool(trained.info.get("cached")), role=role))
+    timings["detector_training"] = round(time.perf_counter() - t0, 2)
+
+    # jobs
+    t0 = time.perf_counter()
+    plan: list[tuple[str, dict[str, Any], Any, str]] = []
+    for d in s.detectors:
+        plan.append((f"{d.label}__untouched", {"job": "untouched", "det": d.label},
+                     lambda d=d: job_untouched(ctx, d.label), "untouched"))
+        for info in infos:
+            plan.append((f"{d.label}__{info.name}", {"job": "clean", "det": d.label,
+                                                      "inp": info.name},
+                         lambda d=d, info=info: job_clean(ctx, d.label, info.name), "results"))
+        for p in s.robustness:
+            for st in p.strengths:
+                lab = format_eps(st) if p.perturbation == "noise" else f"{st:g}"
+                plan.append((f"{d.label}__{p.perturbation}-{lab.replace('/', '_')}",
+                             {"job": "benign", "det": d.label, "p": p.perturbation, "s": st},
+                             lambda d=d, p=p, st=st: job_benign(ctx, d.label, p.perturbation,
+                                                                st), "robustness"))
+    for a in s.attacks:
+        for transfer in ([False, True] if a.transfer else [False]):
+            for eps in [0.0, *a.eps]:
+                if eps == 0.0 and transfer:
+                    continue  # the unattacked baseline is the same for both
+                name = "transfer_pgd" if transfer else "pgd"
+                plan.append((f"{s.target_detector}__{name}-{format_eps(eps).replace('/', '_')}",
+                             {"job": "attack", "attack": a.model_dump(), "eps": eps,
+                              "transfer": transfer},
+                             lambda a=a, eps=eps, transfer=transfer: job_attack(
+                                 ctx, a, eps, transfer), "robustness"))
+    finished = [0]
+    if not resume:
+        for job_id, *_ in plan:
+            (out_dir / "jobs" / f"{job_id}.json").unlink(missing_ok=True)
+    tables: dict[str, list[dict[str, Any]]] = {"results": [], "untouched": [], "robustness": []}
+    samples: dict[str, Any] = {}
+    bar = tqdm(total=len(plan), desc="scoring", unit="job", disable=not progress,
+               dynamic_ncols=True)
+    for job_id, spec, fn, table in plan:
+        bar.set_postfix_str(job_id)
+        rows = _cached(ctx, job_id, spec, fn, finished)
+        for r in rows:
+            samples[r["job_id"]] = r.pop("_per_image", {})
+            tables[table].append(r)
+        bar.update(1)
+    bar.close()
+    # the pgd baseline (eps 0) also starts the transfer series
+    for r in list(tables["robustness"]):
+        if r["kind"] == "white-box" and r["strength"] == 0 and any(
+                x["kind"] == "transfer" for x in tables["robustness"]):
+            tables["robustness"].append({**r, "perturbation": r["perturbation"].replace(
+                "pgd", "transfer_pgd", 1), "kind": "transfer",
+                "source": f"{s.target_detector}@seed{s.seed + 1}"})
+    order = {"benign": 0, "white-box": 1, "transfer": 2}
+    tables["robustness"].sort(key=lambda r: (r["detector"], order[r["kind"]], r["perturbation"],
+                                             r["strength"]))
+    timings["scoring"] = round(time.perf_counter() - t0, 2)
+
+    results = [ResultRow(**r) for r in tables["results"]]
+    untouched = [UntouchedRow(**r) for r in tables["untouched"]]
+    rob = [RobustnessRow(**r) for r in tables["robustness"]]
+    checks = _checks(ctx, infos, results, rob)
+    atomic_write_json(out_dir / "samples.json",
+                      {"schema_version": 1, "n": len(split.test), "ids": split.test_ids,
+                       "jobs": samples})
+    prov = ForensicsProvenance(
+        **run_environment(dev, s.seed, started, t_start, LIBRARIES), timings=timings,
+        dataset=t.dataset.name, dataset_fingerprint=ctx.fingerprint,
+        dataset_info=split.info, scenario_path=str(scenario_path) if scenario_path else None,
+        scenario=s.model_dump(mode="json"), jobs_reused=finished[0])
+    data = {"test_images": len(split.test), "train_images": len(split.train),
+            "train_patches": t.train_patches, "crop": t.crop,
+            "mask_area_mean": round(float(masks.mean()), 4),
+            "mask_area_min": round(float(masks.mean(axis=(1, 2)).min()), 4),
+            "mask_area_max": round(float(masks.mean(axis=(1, 2)).max()), 4),
+            "train_inpainters": list(s.train_inpainters),
+            "unseen_inpainters": [i.name for i in infos if not i.seen],
+            "test_sources": split.info["test_sources"]}
+    card = ForensicsScorecard(name=s.name, provenance=prov, data=data, inpainters=infos,
+                              detectors=det_infos, results=results, untouched=untouched,
+                              robustness=rob, checks=checks,
+                              files={"samples": "samples.json", "examples": "examples"})
+    card.save(out_dir / "scorecard.json")
+    return card
+
+
+# ---------------------------------------------------------------------------- summary
+
+def format_forensics_summary(card: ForensicsScorecard) -> str:
+    p = card.provenance
+    d = card.data
+    lines = [(f"{card.name}: {d['test_images']} test tiles ({d['crop']}px) from "
+              f"{', '.join(d['test_sources'])}; trained on "
+              f"{', '.join(d['train_inpainters'])}; device {p.device}, {p.seconds:.1f}s")]
+    header = (f"{'detector':<22} {'inpainter':<14} {'split':<6} {'pixAUC':>7} {'95% CI':>13} "
+              f"{'F1@.5':>6} {'F1best':>6} {'IoU':>6} {'F1-bnd':>6} {'imgAUC':>7}")
+    lines += ["", header, "-" * len(header)]
+    for r in card.results:
+        ci = f"{r.auc_ci[0]:.3f}-{r.auc_ci[1]:.3f}"
+        lines.append(f"{r.detector:<22} {r.inpainter:<14} {'seen' if r.seen else 'unseen':<6} "
+                     f"{(r.auc or 0):>7.3f} {ci:>13} {r.f1:>6.3f} {r.f1_best:>6.3f} "
+                     f"{r.iou:>6.3f} {r.f1_boundary_excluded:>6.3f} "
+                     f"{(r.image_auc or 0):>7.3f}")
+    for u in card.untouched:
+        lines.append(f"{u.detector:<22} {'untouched':<14} {'':<6} image FPR {u.image_fpr:.3f} "
+                     f"({u.image_fpr_ci[0]:.3f}-{u.image_fpr_ci[1]:.3f}), pixel FPR "
+                     f"{u.pixel_fpr:.3f}")
+    header = (f"{'detector':<22} {'perturbation':<22} {'strength':>8} {'pixAUC':>7} "
+              f"{'seen':>6} {'unseen':>6} {'F1@.5':>6} {'IoU':>6} {'detect':>6}")
+    lines += ["", header, "-" * len(header)]
+    for r in card.robustness:
+        lines.append(f"{r.detector:<22} {r.perturbation:<22} {r.eps_label:>8} "
+                     f"{(r.auc or 0):>7.3f} "
+                     f"{(f'{r.auc_seen:.3f}' if r.auc_seen is not None else '-'):>6} "
+                     f"{(f'{r.auc_unseen:.3f}' if r.auc_unseen is not None else '-'):>6} "
+                     f"{r.f1:>6.3f} {r.iou:>6.3f} {r.detection_rate:>6.3f}")
+    lines += format_checks(card.checks)
+    return "\n".join(lines)
