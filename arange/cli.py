@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where jobs run: local (this process, default) or ray (a Ray cluster; "
                    "needs pip install \"arange[ray]\")")
     r.add_argument("--address", help="with --executor ray: the cluster to join (e.g. "
-                   "ray://head:10001 or auto); default: start a local Ray runtime")
+                   "ray://head:10001 or auto); default: $RAY_ADDRESS if set, else a local "
+                   "Ray runtime that arange starts and stops")
     r.add_argument("--gate", action="store_true",
                    help="evaluate the scenario's gates after the run; exit 1 if one fails")
     _add_gate_options(r)

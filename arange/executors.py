@@ -182,9 +182,6 @@ class Executor:
     def close(self) -> None:
         """Release what the executor holds (a Ray runtime it started, its workers)."""
 
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name}
-
     def _deliver(self, job: Job, rec: dict[str, Any], on_result: OnResult) -> None:
         on_result(job, rec)
         self._written += 1
@@ -244,10 +241,21 @@ def make_executor(name: str, address: str | None = None) -> Executor:
 
 
 class _Worker:
-    """A Ray actor: rebuilds the target and the defenses once, then runs jobs on request."""
+    """A Ray actor: rebuilds the target and the defenses once, then runs jobs on request. A
+    setup error is kept and raised by :meth:`ready`, so the driver gets it as an
+    :class:`ArangeError` (an error in an actor's constructor reaches it only as text)."""
 
     def __init__(self, scenario: Scenario, device_type: str, weights_sha256: str,
                  data_fingerprint: str, clean_pred: dict[str, list[int]], threads: int):
+        self._error: ArangeError | None = None
+        try:
+            self._setup(scenario, device_type, weights_sha256, data_fingerprint, clean_pred,
+                        threads)
+        except ArangeError as e:
+            self._error = e
+
+    def _setup(self, scenario: Scenario, device_type: str, weights_sha256: str,
+               data_fingerprint: str, clean_pred: dict[str, list[int]], threads: int) -> None:
         from .runner import build_defenses, prepare_target
         from .speed import BatchSize
 
@@ -284,6 +292,8 @@ class _Worker:
                                   "(same arange and library versions, same cached weights)")
 
     def ready(self) -> bool:
+        if self._error is not None:
+            raise self._error
         return True
 
     def run(self, job: Job, mask: torch.Tensor) -> dict[str, Any]:
@@ -315,21 +325,17 @@ class RayExecutor(Executor):
         self._workers: list[Any] = []
         self._workers_for: tuple[Any, ...] | None = None
 
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "address": self.address or "local runtime",
-                "workers": len(self._workers)}
-
     def _connect(self) -> Any:
         ray = import_ray()
         if not ray.is_initialized():
-            if self.address:
-                ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING)
+            address = self.address or os.environ.get("RAY_ADDRESS")  # Ray's own convention
+            if address:
+                ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
             else:
                 ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False,
                          logging_level=logging.WARNING)
             self._connected = True
-            log.info("ray: %s with %s", self.address or "local runtime",
-                     ray.cluster_resources())
+            log.info("ray: %s with %s", address or "local runtime", ray.cluster_resources())
         self._ray = ray
         return ray
 

@@ -146,3 +146,24 @@ def test_auto_batch_size_halves_on_out_of_memory(monkeypatch: pytest.MonkeyPatch
     assert rec["robust"] == fixed["robust"] and rec["adv_pred"] == fixed["adv_pred"]
     with pytest.raises(torch.cuda.OutOfMemoryError):  # a fixed size never shrinks silently
         run_job(job, defended, target.data, mask, clean, s, dev, batch=BatchSize(64))
+
+
+def test_worker_refuses_a_target_that_differs_from_the_drivers() -> None:
+    """A Ray worker rebuilds the models itself; if its weights, data or clean predictions are not
+    the driver's, it must refuse to run jobs (results from another model must never mix in)."""
+    from arange.executors import _Worker
+    from arange.runner import predict, prepare_target
+
+    s = scenario_from_dict(small_cascade())
+    target = prepare_target(s, torch.device("cpu"), progress=False)
+    fp = target.data.fingerprint()
+    clean = predict(target.model, target.data.x, 64, torch.device("cpu")).tolist()
+    assert _Worker(s, "cpu", target.weights_sha256, fp, {"none": clean}, 0).ready()
+    bad = [
+        ("0" * 64, fp, clean, "weights differ"),
+        (target.weights_sha256, "0" * 64, clean, "evaluation data differ"),
+        (target.weights_sha256, fp, [(c + 1) % 10 for c in clean], "predicts differently"),
+    ]
+    for sha, data_fp, preds, message in bad:
+        with pytest.raises(arange.ArangeError, match=message):
+            _Worker(s, "cpu", sha, data_fp, {"none": preds}, 0).ready()
