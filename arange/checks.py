@@ -280,6 +280,7 @@ def worst(statuses: Iterable[str]) -> str:
 
 LARGE_EPS = "large_eps"
 MORE_STEPS = "more_steps"
+AUTOCAST = "autocast"
 
 
 @dataclass(eq=False)
@@ -358,7 +359,8 @@ def plan_extra_jobs(s: Scenario,
                                  {"check": LARGE_EPS, "defense": d.model_dump(mode="json"),
                                   "attack": spec.model_dump(mode="json"), "samples": n},
                                  chance=chance))
-        base = pick_more_steps_attack(s) if cfg.more_steps.enabled else None
+        autocast = s.evaluation.autocast != "none"
+        base = pick_more_steps_attack(s) if cfg.more_steps.enabled or autocast else None
         if base is None:
             continue
         more = cfg.more_steps
@@ -366,7 +368,7 @@ def plan_extra_jobs(s: Scenario,
                                                                 more.extra_restarts)
         candidates = [(eps, rec) for dd, a, eps, rec in records
                       if dd.key == d.key and a.key == base.key]
-        if stronger is None or not candidates:
+        if not candidates:
             continue
 
         def balance(item: tuple[float, dict[str, Any]]) -> int:
@@ -379,6 +381,16 @@ def plan_extra_jobs(s: Scenario,
         eps, rec = max(candidates, key=balance)
         attacked = torch.tensor(rec["attacked"], dtype=torch.bool)
         mask = _first_n(attacked, n)
+        if autocast:
+            fp32 = base.model_copy(update={"label": f"check-fp32.{base.key}", "eps": [eps]})
+            plan.append(ExtraJob(AUTOCAST, d, fp32, eps, mask,
+                                 {"check": AUTOCAST, "defense": d.model_dump(mode="json"),
+                                  "attack": fp32.model_dump(mode="json"), "base": rec["key"],
+                                  "samples": n},
+                                 base_robust=torch.tensor(rec["robust"], dtype=torch.bool),
+                                 base_label=base.key))
+        if not cfg.more_steps.enabled or stronger is None:
+            continue
         spec = AttackSpec(name=base.name, label=f"check-more-steps.{base.key}", norm=base.norm,
                           eps=[eps], params=stronger)
         plan.append(ExtraJob(MORE_STEPS, d, spec, eps, mask,
@@ -409,9 +421,41 @@ def evaluate_extra_jobs(s: Scenario, done: list[tuple[ExtraJob, dict[str, Any]]]
         robust = torch.tensor(rec["robust"], dtype=torch.bool)
         if ej.check == LARGE_EPS:
             out.append(check_large_eps(ej, robust))
+        elif ej.check == AUTOCAST:
+            out.append(check_autocast(ej, robust))
         else:
             out.append(check_more_steps(ej, robust, rec.get("params", {})))
     return out
+
+
+def check_autocast(ej: ExtraJob, robust: torch.Tensor) -> Check:
+    """bf16 autocast must not weaken the attack: the same attack in fp32 on the same samples
+    may not break significantly more (exact one-sided McNemar), and its robust accuracy must
+    stay inside the bf16 row's 95% interval on those samples."""
+    from .stats import mcnemar_exact_one_sided, wilson_interval
+
+    name = f"{AUTOCAST}{_suffix(ej.defense.key)}"
+    mask = ej.mask
+    assert ej.base_robust is not None
+    n = int(mask.sum())
+    if n == 0:
+        return Check(name=name, status="skip", message="no samples to compare")
+    bf16, fp32 = ej.base_robust[mask], robust[mask]
+    k16, k32 = int(bf16.sum()), int(fp32.sum())
+    lost = int((bf16 & ~fp32).sum())      # robust under bf16, broken in fp32
+    gained = int((fp32 & ~bf16).sum())
+    p = mcnemar_exact_one_sided(lost, gained)
+    lo, hi = wilson_interval(k16, n)
+    details = {"samples": n, "bf16_robust_accuracy": k16 / n, "fp32_robust_accuracy": k32 / n,
+               "p_value": p, "bf16_ci": [lo, hi]}
+    msg = (f"{ej.base_label} at {format_eps(ej.eps)} on {n} samples: robust accuracy "
+           f"{k16 / n:.3f} with bf16 autocast vs {k32 / n:.3f} in fp32")
+    if p < 0.05 or not lo <= k32 / n <= hi:
+        return Check(name=name, status="fail", message=f"{msg} (p={p:.2g}): bf16 weakens the "
+                     "attack, so the robust accuracies overstate robustness; set "
+                     "evaluation.autocast: none", details=details)
+    return Check(name=name, status="pass", message=f"{msg}: within the 95% interval, bf16 "
+                 "does not weaken the attack", details=details)
 
 
 def check_large_eps(ej: ExtraJob, robust: torch.Tensor) -> Check:

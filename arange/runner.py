@@ -29,6 +29,7 @@ from torch import nn
 from . import __version__
 from .attacks.base import Misclassification, input_gradients_only
 from .checks import (
+    AUTOCAST,
     ExtraJob,
     check_adaptive,
     evaluate_extra_jobs,
@@ -190,6 +191,7 @@ class Job:
     suite: str | None = None  # the suite entry's label when this job is one of its components
     adaptive: str | None = None  # "bpda" / "eot" / "bpda+eot": attack the defense's adaptive view
     adapts: str | None = None    # the attack label of the ordinary job this one adapts
+    fp32: bool = False           # run in full precision even under evaluation.autocast
 
     @property
     def job_id(self) -> str:
@@ -202,7 +204,8 @@ def _job_context(s: Scenario, weights_sha: str, data_fp: str) -> dict[str, Any]:
     """What every job key covers besides the job itself."""
     return {"arange": __version__, "format": JOB_FORMAT, "weights": weights_sha,
             "data": data_fp, "seed": s.seed, "batch_size": s.target.batch_size,
-            "quantize": s.target.quantize, "cascade": s.evaluation.cascade}
+            "quantize": s.target.quantize, "cascade": s.evaluation.cascade,
+            "autocast": s.evaluation.autocast}
 
 
 def _content_key(spec: dict[str, Any]) -> str:
@@ -286,6 +289,8 @@ def run_job(job: Job, defended: Defended, data: ImageDataset, attack_mask: torch
     started with (``batch`` remembers the size for later jobs)."""
     model = defended.model
     attacked_model = defended.attack_model(job.adaptive)
+    # bf16 autocast for the attack only: the runner scores every example in full precision.
+    bf16 = s.evaluation.autocast == "bf16" and not job.fp32
     _seed_defense_randomness(job.key)
     attack = ATTACKS.create(str(job.attack.name), **job.attack.params)
     threat = ThreatModel(job.attack.norm, job.eps, quantize=s.target.quantize)
@@ -307,8 +312,10 @@ def run_job(job: Job, defended: Defended, data: ImageDataset, attack_mask: torch
         xb, yb = place_batch(data.x[idx], device), data.y[idx].to(device)
         state = rng_state(gen, device)
         try:
-            with input_gradients_only(attacked_model):
+            with input_gradients_only(attacked_model), torch.autocast(
+                    device.type, dtype=torch.bfloat16, enabled=bf16):
                 result = attack.run(attacked_model, xb, yb, threat, objective, gen)
+            result.x_adv = result.x_adv.to(xb.dtype)
             enf = enforce(xb, result.x_adv, threat)
             with torch.inference_mode():
                 logits = model(enf.x_adv)
@@ -621,7 +628,7 @@ def _run_extra_jobs(s: Scenario, records: list[tuple[Job, dict[str, Any]]],
     done = []
     for ej in plan:
         key = _content_key({**context, **ej.key_material})
-        job = Job(ej.defense, ej.attack, ej.eps, key)
+        job = Job(ej.defense, ej.attack, ej.eps, key, fp32=ej.check == AUTOCAST)
         path = jobs_dir / f"{job.job_id}.json"
         rec = _load_job(path, key) if resume else None
         if rec is None:

@@ -211,6 +211,9 @@ class ChecksConfig(_Strict):
 class Evaluation(_Strict):
     cascade: bool = False  # attack only samples that earlier attacks left unbroken
     checks: ChecksConfig = Field(default_factory=ChecksConfig)
+    # Run attacks (not scoring) under bfloat16 autocast; the 'autocast' check re-runs one
+    # attack in fp32 on the check samples and flags a weaker bf16 attack.
+    autocast: Literal["none", "bf16"] = "none"
 
 
 class Scenario(_Strict):

@@ -208,3 +208,20 @@ def test_adversarial_training_beats_no_defense(tmp_path: Path) -> None:
     again = arange.run(s, out=tmp_path / "again", progress=False)
     assert again.provenance.defenses["fast_at"]["weights_sha256"] == info["weights_sha256"]
     assert _rows(again)[("fast_at", "pgd", "16/255")].robust_accuracy == at.robust_accuracy
+
+
+def test_bf16_autocast_is_checked_against_fp32(tmp_path: Path) -> None:
+    import arange
+
+    s = tiny_scenario(attacks=[{"name": "pgd", "eps": ["8/255"], "params": {"steps": 5}}],
+                      evaluation={"autocast": "bf16", "checks": {
+                          "samples": 32, "large_eps": False, "more_steps": False}})
+    card = arange.run(s, out=tmp_path / "bf16", progress=False)
+    check = card.check("autocast")
+    assert check.status in ("pass", "fail")
+    d = check.details
+    assert d["samples"] > 0 and 0 <= d["fp32_robust_accuracy"] <= 1
+    assert (tmp_path / "bf16" / "jobs" / "none__check-fp32.pgd__linf-8_255.json").is_file()
+    # the fp32 re-run is the same attack without autocast: its record differs from the bf16 job
+    assert card.row("pgd", 8 / 255).budget_violations == 0
+    assert card.provenance.scenario["evaluation"]["autocast"] == "bf16"
