@@ -21,8 +21,15 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from pgd_speed import EPS, matmul_peak, report, step_flops, timeit_all
+from pgd_speed import (
+    EPS,
+    art_classifier,
+    floor_fn,
+    matmul_peak,
+    report,
+    step_flops,
+    timeit_all,
+)
 
 from arange.attacks import APGD, Misclassification
 from arange.models import build_model
@@ -72,14 +79,8 @@ def main() -> None:
 def methods(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, k: int,
             device: torch.device, skip: list[str]) -> dict[str, Callable[[], object]]:
     """The floor, arange's APGD and the peers' on one batch."""
-    bs, shape = x.shape[0], tuple(x.shape[1:])
-
-    def floor() -> None:
-        for _ in range(k):
-            xi = x.clone().requires_grad_(True)
-            loss = F.cross_entropy(model(xi), y, reduction="sum")
-            torch.autograd.grad(loss, xi)
-
+    bs = x.shape[0]
+    floor = floor_fn(model, x, y, k)
     apgd = APGD(steps=k, restarts=1, loss="ce")
     threat = ThreatModel(Norm.linf, EPS)
     obj = Misclassification()
@@ -88,10 +89,7 @@ def methods(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, k: int,
         "floor": floor, "arange": lambda: apgd.run(model, x, y, threat, obj, gen)}
     if "art" not in skip:
         from art.attacks.evasion import AutoProjectedGradientDescent
-        from art.estimators.classification import PyTorchClassifier
-        clf = PyTorchClassifier(model, loss=torch.nn.CrossEntropyLoss(), input_shape=shape,
-                                nb_classes=10, clip_values=(0.0, 1.0),
-                                device_type="gpu" if device.type == "cuda" else "cpu")
+        clf = art_classifier(model, x, device)
         art_apgd = AutoProjectedGradientDescent(clf, norm=np.inf, eps=EPS, eps_step=2 * EPS,
                                                 max_iter=k, nb_random_init=1, batch_size=bs,
                                                 loss_type="cross_entropy", verbose=False)

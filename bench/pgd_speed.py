@@ -105,18 +105,32 @@ def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, n: int
     return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
-def methods(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, k: int,
-            device: torch.device, skip: list[str]) -> dict[str, Callable[[], object]]:
-    """The floor, arange's PGD and the peers' at the same settings, each peer called the way its
-    documentation shows."""
-    bs, shape = x.shape[0], tuple(x.shape[1:])
-
+def floor_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+             k: int) -> Callable[[], None]:
+    """k x (one forward + one backward w.r.t. the input): the work no k-step attack avoids."""
     def floor() -> None:
         for _ in range(k):
             xi = x.clone().requires_grad_(True)
             loss = F.cross_entropy(model(xi), y, reduction="sum")
             torch.autograd.grad(loss, xi)
+    return floor
 
+
+def art_classifier(model: torch.nn.Module, x: torch.Tensor, device: torch.device) -> object:
+    """ART's wrapper around the same model object."""
+    from art.estimators.classification import PyTorchClassifier
+    return PyTorchClassifier(model, loss=torch.nn.CrossEntropyLoss(),
+                             input_shape=tuple(x.shape[1:]), nb_classes=10,
+                             clip_values=(0.0, 1.0),
+                             device_type="gpu" if device.type == "cuda" else "cpu")
+
+
+def methods(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, k: int,
+            device: torch.device, skip: list[str]) -> dict[str, Callable[[], object]]:
+    """The floor, arange's PGD and the peers' at the same settings, each peer called the way its
+    documentation shows."""
+    bs = x.shape[0]
+    floor = floor_fn(model, x, y, k)
     pgd = PGD(steps=k, rel_stepsize=0.25, random_start=True)
     threat = ThreatModel(Norm.linf, EPS)
     obj = Misclassification()
@@ -124,10 +138,7 @@ def methods(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, k: int,
         "floor": floor, "arange": lambda: pgd.run(model, x, y, threat, obj, None)}
     if "art" not in skip:
         from art.attacks.evasion import ProjectedGradientDescent
-        from art.estimators.classification import PyTorchClassifier
-        clf = PyTorchClassifier(model, loss=torch.nn.CrossEntropyLoss(), input_shape=shape,
-                                nb_classes=10, clip_values=(0.0, 1.0),
-                                device_type="gpu" if device.type == "cuda" else "cpu")
+        clf = art_classifier(model, x, device)
         art_pgd = ProjectedGradientDescent(clf, norm=np.inf, eps=EPS, eps_step=0.25 * EPS,
                                            max_iter=k, num_random_init=1, batch_size=bs,
                                            verbose=False)
