@@ -157,7 +157,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not isinstance(s, Scenario):
         raise ArangeError(f"{args.scenario}: 'arange train' builds classification defenses; "
                           f"{s.task} scenarios train their models during 'arange run'")
-    built = train_defenses(s, device=args.device, only=args.defense, progress=not args.quiet)
+    try:
+        built = train_defenses(s, device=args.device, only=args.defense,
+                               progress=not args.quiet)
+    except ArangeError as e:
+        raise ArangeError(f"{args.scenario}: {e}") from e
     if not built:
         print(f"{args.scenario}: no defense trains a model (trainable: adversarial training "
               "such as pgd_at / fast_at, and denoiser)")

@@ -47,6 +47,26 @@ def test_list_validate_version(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
 
 
+def test_train_command_builds_and_reports_trained_defenses(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from arange.cli import main
+
+    path = tmp_path / "d.yaml"
+    path.write_text(yaml.safe_dump(tiny_scenario(defenses=["none", "jpeg"])))
+    assert main(["train", str(path), "-q"]) == 0
+    assert "no defense trains a model" in capsys.readouterr().out
+    assert main(["train", str(path), "--defense", "pgd_at", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "--defense 'pgd_at'" in err and "none, jpeg" in err
+    path.write_text(yaml.safe_dump(tiny_scenario(defenses=[
+        "none", {"name": "fast_at", "label": "hardened", "params": {"epochs": 1}}])))
+    assert main(["train", str(path), "--defense", "hardened", "-q"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("hardened "))
+    assert "fast_at" in row and row.rstrip().endswith(".safetensors")
+    assert Path(row.split()[-1]).is_file()
+
+
 def test_list_task_components(capsys: pytest.CaptureFixture[str]) -> None:
     from arange.cli import main
     assert main(["list", "hashes"]) == 0
