@@ -16,7 +16,6 @@ the floor's work against the measured matmul peak (see pgd_speed.py).
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 
 import numpy as np
@@ -25,56 +24,19 @@ from pgd_speed import (
     EPS,
     art_classifier,
     floor_fn,
-    matmul_peak,
-    report,
-    step_flops,
-    timeit_all,
+    run_bench,
 )
 
 from arange.attacks import APGD, Misclassification
-from arange.models import build_model
-from arange.speed import place_batch, place_model
 from arange.threat import Norm, ThreatModel
 
 PEERS = ("art", "torchattacks")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--model", default="resnet20")
-    ap.add_argument("--channels", type=int, default=1)
-    ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128])
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--skip", nargs="*", default=[], choices=PEERS)
-    args = ap.parse_args()
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    c = args.channels
-    model = build_model(args.model, in_channels=c, num_classes=10, image_size=args.size,
-                        mean=(0.5,) * c, std=(0.25,) * c)
-    model = place_model(model, device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    k = args.steps
-    cuda = device.type == "cuda"
-    peak = matmul_peak(device) if cuda else None
-    name = torch.cuda.get_device_name(device) if cuda else "cpu"
-    print(f"# APGD-{k} (CE) L-inf eps=8/255, {args.model} on {c}x{args.size}x{args.size}, "
-          f"device={name}, torch {torch.__version__}, threads={torch.get_num_threads()}")
-    if peak is not None:
-        print(f"# measured fp32 matmul peak {peak / 1e12:.1f} TFLOP/s")
-    head = f"{'batch':>5} {'method':<12} {'img/s':>9} {'x floor':>8} {'arange speed-up':>16}"
-    print(head + (f" {'TFLOP/s':>8} {'% peak':>7}" if cuda else ""))
-    for bs in args.batch_sizes:
-        x = place_batch(torch.rand(bs, c, args.size, args.size), device)
-        with torch.no_grad():  # labels = predictions, so every sample starts unbroken
-            y = model(x).argmax(1)
-        flops = k * step_flops(model, x, y) if cuda else 0
-        times = timeit_all(methods(model, x, y, k, device, args.skip), device, args.repeats)
-        report(bs, times, flops, peak)
+    run_bench(__doc__, "APGD-{k} (CE)", methods, steps=20, repeats=3, peers=PEERS,
+              labels="predicted")
+
 
 def methods(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, k: int,
             device: torch.device, skip: list[str]) -> dict[str, Callable[[], object]]:

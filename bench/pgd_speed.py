@@ -163,16 +163,25 @@ def methods(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, k: int,
     return fns
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+Methods = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, int, torch.device, list[str]],
+                  dict[str, Callable[[], object]]]
+
+
+def run_bench(doc: str | None, title: str, methods_fn: Methods, steps: int, repeats: int,
+              peers: tuple[str, ...], labels: str = "random") -> None:
+    """The shared driver of the attack benchmarks: parse the options, build the model, time
+    ``methods_fn``'s methods at each batch size and print the table. ``title`` is formatted
+    with ``k`` (the steps); ``labels="predicted"`` uses the model's own predictions as labels,
+    so every sample starts unbroken."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--model", default="resnet20")
     ap.add_argument("--channels", type=int, default=1)
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128])
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--skip", nargs="*", default=[], choices=PEERS)
+    ap.add_argument("--steps", type=int, default=steps)
+    ap.add_argument("--repeats", type=int, default=repeats)
+    ap.add_argument("--skip", nargs="*", default=[], choices=peers)
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -186,7 +195,7 @@ def main() -> None:
     cuda = device.type == "cuda"
     peak = matmul_peak(device) if cuda else None
     name = torch.cuda.get_device_name(device) if cuda else "cpu"
-    print(f"# PGD-{k} L-inf eps=8/255, {args.model} on {c}x{args.size}x{args.size}, "
+    print(f"# {title.format(k=k)} L-inf eps=8/255, {args.model} on {c}x{args.size}x{args.size}, "
           f"device={name}, torch {torch.__version__}, threads={torch.get_num_threads()}")
     if peak is not None:
         print(f"# measured fp32 matmul peak {peak / 1e12:.1f} TFLOP/s "
@@ -195,10 +204,19 @@ def main() -> None:
     print(head + (f" {'TFLOP/s':>8} {'% peak':>7}" if cuda else ""))
     for bs in args.batch_sizes:
         x = place_batch(torch.rand(bs, c, args.size, args.size), device)
-        y = torch.randint(0, 10, (bs,)).to(device)
+        if labels == "predicted":
+            with torch.no_grad():
+                y = model(x).argmax(1)
+        else:
+            y = torch.randint(0, 10, (bs,)).to(device)
         flops = k * step_flops(model, x, y) if cuda else 0
-        times = timeit_all(methods(model, x, y, k, device, args.skip), device, args.repeats)
+        times = timeit_all(methods_fn(model, x, y, k, device, args.skip), device, args.repeats)
         report(bs, times, flops, peak)
+
+
+def main() -> None:
+    run_bench(__doc__, "PGD-{k}", methods, steps=10, repeats=5, peers=PEERS)
+
 
 if __name__ == "__main__":
     main()
