@@ -284,6 +284,25 @@ def test_scorecard_page_on_a_real_run(store: Path, monkeypatch: pytest.MonkeyPat
     assert set(data["series"]) == {"noise", "worst case"}
 
 
+def test_scorecard_flags_unreliable_rows(store: Path, monkeypatch: pytest.MonkeyPatch,
+                                         tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    shutil.copytree(store / "tiny-b", runs / "flagged")
+    card = _card(runs, "flagged")
+    card["results"][0]["unreliable"] = "the adaptive attack pgd+bpda does better"
+    card["results"][-1].update(adaptive=True, adaptive_method="bpda", adapts="pgd")
+    _write_json(runs / "flagged" / "scorecard.json", card)
+    at = _app(runs, monkeypatch, "scorecard", run="flagged")
+    _no_crash(at)
+    assert "Rows marked unreliable overstate robustness" in _texts(at)
+    table = next(d.value for d in at.dataframe if "unreliable" in d.value.columns)
+    assert list(table["unreliable"])[0].startswith("the adaptive attack")
+    assert list(table["adaptive"])[-1] == "bpda"
+    # an ordinary scorecard shows no such warning
+    plain = _app(store, monkeypatch, "scorecard", run="tiny-b")
+    assert "Rows marked unreliable" not in _texts(plain)
+
+
 def test_scorecard_shows_gate_results_when_evaluated(
         store: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
