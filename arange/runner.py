@@ -50,7 +50,7 @@ from .speed import BatchSize, place_batch, place_model, restore_rng, rng_state
 from .stats import wilson_interval
 from .store import atomic_write_bytes, atomic_write_json
 from .threat import ThreatModel, enforce
-from .zoo import Recipe, zoo_weights
+from .zoo import Recipe, cache_dir, zoo_weights
 
 log = logging.getLogger(__name__)
 JOB_FORMAT = 1
@@ -170,7 +170,6 @@ def train_defenses(s: Scenario, device: str | None = None, only: list[str] | Non
         info = dict(d.info)
         weights = str(info.get("weights", ""))
         if weights.startswith("zoo:"):
-            from .zoo import cache_dir
             info["path"] = str(cache_dir() / "zoo" / weights.removeprefix("zoo:"))
         out[key] = info
     return out
@@ -573,9 +572,11 @@ def _suite_row(group: list[tuple[Job, dict[str, Any]]], data: ImageDataset, clea
     """The suite as one attack: robust where every component failed; each broken sample keeps
     the perturbation and prediction of the component that broke it."""
     first_job = group[0][0]
-    spec = next(a for d in s.defenses if d.key == first_job.defense.key
-                for a, _ in attack_entries(s, d) if a.suite is not None
-                and a.key == first_job.suite)
+    # an adaptive twin's label is '<suite>+<method>'; its parameters are the suite entry's
+    spec = next(a for a in s.attacks if a.suite is not None
+                and a.key == (first_job.adapts or first_job.suite))
+    if first_job.adaptive is not None:
+        spec = spec.model_copy(update={"label": first_job.suite})
     n = len(data)
     attacked = torch.tensor(group[0][1]["attacked"], dtype=torch.bool)
     robust = torch.tensor(group[-1][1]["robust"], dtype=torch.bool)

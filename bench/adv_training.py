@@ -54,8 +54,8 @@ def main() -> None:
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, scenario {args.scenario}, {args.samples} samples, "
           f"PGD {params}")
-    base = built.get(next(d.key for d in at if d.name == "pgd_at"), {}) if any(
-        d.name == "pgd_at" for d in at) else {}
+    pgd_at = next((d.key for d in at if d.name == "pgd_at"), None)
+    base = built.get(pgd_at, {}) if pgd_at else {}
     header = f"{'defense':<10} {'train s':>8} {'x PGD-AT':>8} {'clean':>6} " + " ".join(
         f"{'pgd@' + format_eps(e):>11}" for e in eps)
     print(header)

@@ -29,13 +29,12 @@ from arange.attacks.base import Attack, Misclassification, check
 from arange.attacks.fgsm import FGSM
 from arange.attacks.pgd import PGD
 from arange.data import load_dataset
-from arange.expr import parse_number
 from arange.models import load_weights
 from arange.registry import register_defense
 from arange.threat import Norm, ThreatModel
 from arange.zoo import cached_weights, new_model, train_classifier
 
-from .base import Defense, DefenseContext
+from .base import Defense, DefenseContext, eps_param
 
 FORMAT = 1
 
@@ -47,23 +46,13 @@ class _MaximiseLoss(Misclassification):
         return torch.zeros(output.shape[0], dtype=torch.bool, device=output.device)
 
 
-def _eps(value: Any) -> float:
-    try:
-        eps = parse_number(value)
-    except (TypeError, ValueError) as e:
-        from arange.errors import ParamError
-        raise ParamError("eps", f"must be a number such as 8/255; {e}") from e
-    check("eps", 0 < eps <= 1, f"must be in (0, 1] (got {value!r})")
-    return eps
-
-
 class AdversarialTraining(Defense):
     trains: ClassVar[bool] = True
     method: ClassVar[str] = ""
 
     def __init__(self, eps: Any = "8/255", init: str = "scratch", bf16: bool = False,
                  epochs: int | None = None):
-        self.eps = _eps(eps)
+        self.eps = eps_param(eps)
         check("epochs", epochs is None or (isinstance(epochs, int) and 1 <= epochs <= 1000),
               f"must be an integer in [1, 1000] or left out for the target's recipe "
               f"(got {epochs!r})")

@@ -21,7 +21,21 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from arange.errors import ParamError
+from arange.expr import parse_number
 from arange.registry import register_defense
+
+
+def eps_param(value: Any, name: str = "eps") -> float:
+    """A budget parameter of a defense (e.g. the eps adversarial training uses), given as a
+    number or a safe expression such as ``8/255``; must lie in (0, 1]."""
+    try:
+        eps = parse_number(value)
+    except (TypeError, ValueError) as e:
+        raise ParamError(name, f"must be a number such as 8/255; {e}") from e
+    if not 0 < eps <= 1:
+        raise ParamError(name, f"must be in (0, 1] (got {value!r})")
+    return eps
 
 
 @dataclass

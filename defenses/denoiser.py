@@ -32,8 +32,7 @@ from arange.registry import register_defense
 from arange.threat import Norm, ThreatModel
 from arange.zoo import cached_weights, load_checkpoint, save_checkpoint
 
-from .adv_training import _eps
-from .base import Defense, DefenseContext
+from .base import Defense, DefenseContext, eps_param
 
 log = logging.getLogger(__name__)
 FORMAT = 1
@@ -72,7 +71,7 @@ class Denoiser(Defense):
 
     def __init__(self, eps: Any = "8/255", epochs: int = 10, width: int = 32, depth: int = 5,
                  attack_steps: int = 10, lr: float = 1e-3, batch_size: int = 64):
-        self.eps = _eps(eps)
+        self.eps = eps_param(eps)
         for name, value, hi in (("epochs", epochs, 1000), ("width", width, 512),
                                 ("depth", depth, 50), ("attack_steps", attack_steps, 1000),
                                 ("batch_size", batch_size, 65536)):
