@@ -5,8 +5,10 @@ the same batch of embedded images (default 256, cycling through the 117 embedded
 the reference library one image at a time and with the torch implementation in one call, checks
 that the bits agree, and prints microseconds per image and the speed ratio. The reference gets
 ready-made Pillow images (imagehash) or uint8 arrays (pdqhash); torch gets the uint8 batch as a
-tensor. Each timing is the best of several repeats, interleaved, so a busy machine hurts both
-sides alike. A last row times the three imagehash hashes in one ``fast_hashes`` call (shared
+tensor. The header names what computed the imagehash hashes' grey conversion and resize:
+``native`` (the compiled kernel, on CPUs with AVX-512 VNNI) or ``torch``; ``ARANGE_FAST_HASH=torch``
+times the torch code on such a CPU. Each timing is the best of several repeats, interleaved, so a
+busy machine hurts both sides alike. A last row times the three imagehash hashes in one ``fast_hashes`` call (shared
 grey conversion and horizontal resize) against the sum of the three reference calls.
 
     python bench/hash_speed.py [--batch 256] [--size 128] [--threads N] [--device cpu]
@@ -39,7 +41,7 @@ def main() -> None:
     from PIL import Image
 
     from arange.hashing.data import load_images
-    from arange.hashing.fast import fast_hash, fast_hashes
+    from arange.hashing.fast import fast_hash, fast_hash_backend, fast_hashes
     from arange.hashing.reference import library_version
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -62,8 +64,8 @@ def main() -> None:
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), imagehash "
           f"{library_version('imagehash')}, pdqhash {library_version('pdqhash')}, "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"load {os.getloadavg()[0]:.2f}")
-    print(f"{'hash':<13} {'reference us/img':>17} {'torch us/img':>13} {'ratio':>7} "
+          f"load {os.getloadavg()[0]:.2f}, grey+resize backend {fast_hash_backend(batch.device)}")
+    print(f"{'hash':<13} {'reference us/img':>17} {'ours us/img':>13} {'ratio':>7} "
           f"{'bits agree':>11}")
     reference: dict[str, Callable[[], list[np.ndarray]]] = {
         "average_hash": lambda: [imagehash.average_hash(im).hash.ravel() for im in pil],

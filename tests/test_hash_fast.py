@@ -57,7 +57,8 @@ def test_uint8_and_float_inputs_give_the_same_bits(embedded: tuple[np.ndarray, t
 
 
 @pytest.mark.parametrize("shape,size", [((37, 53), (32, 32)), ((64, 40), (9, 8)),
-                                        ((200, 150), (8, 8)), ((31, 31), (64, 64))])
+                                        ((200, 150), (8, 8)), ((31, 31), (64, 64)),
+                                        ((33, 17), (8, 8)), ((9, 8), (9, 8))])
 def test_pillow_gray_and_lanczos_resize_are_exact(shape: tuple[int, int],
                                                   size: tuple[int, int]) -> None:
     rng = np.random.default_rng(sum(shape))
@@ -128,3 +129,17 @@ def test_several_hashes_in_one_call_match_one_by_one(embedded: tuple[np.ndarray,
     for name in names:
         assert torch.equal(together[name], fast_hash(name, x[:7]))
     assert fast_hashes(names, x[:0])["dhash"].shape == (0, 64)
+
+
+@pytest.mark.parametrize("backend", ["torch", "native"])
+def test_tall_images_hash_like_the_reference(backend: str, monkeypatch: pytest.MonkeyPatch
+                                             ) -> None:
+    # tall images: recent Pillow resizes them vertical pass first, and both paths follow it
+    monkeypatch.setenv("ARANGE_FAST_HASH", backend)
+    rng = np.random.default_rng(11)
+    arr = rng.integers(0, 256, size=(4, 300, 40, 3), dtype=np.uint8)
+    arr[:2] = np.clip(np.cumsum(arr[:2], axis=1) // 16, 0, 255)
+    x = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+    bits = fast_hashes(("average_hash", "dhash", "phash"), x)
+    for name, ours in bits.items():
+        assert np.array_equal(ours.numpy(), reference_bits_batch(name, arr)), name

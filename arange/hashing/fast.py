@@ -18,12 +18,18 @@ Images are float NCHW in [0, 1] (3 channels, or 1 for grey) and are rounded to t
 first, as the reference libraries see them. Bits are returned as bool tensors in the reference
 libraries' order (imagehash: row-major; pdqhash: its reversed bit vector).
 
-The fixed-point resize is computed in float64, where Pillow's integer arithmetic is exact.
+On a CPU with AVX-512 VNNI the imagehash hashes' grey conversion and resize run in a compiled
+kernel (``_pillow.c``, built at install when a C compiler is present) that does Pillow's integer
+arithmetic fused per image; elsewhere (GPU, other CPUs, no compiler) the torch code below does
+the same arithmetic with matrix products. Both give Pillow's bytes exactly; ``ARANGE_FAST_HASH``
+(``torch`` or ``native``) forces one.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import numpy as np
@@ -166,15 +172,45 @@ def _resize_t(pt: torch.Tensor, width: int, height: int) -> torch.Tensor:
     return r.permute(2, 0, 1)
 
 
+def _pass(a: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """One Pillow resize pass along the last axis in integers: ``clip8((a @ k.T + 2**21) >> 22)``."""
+    s = a.astype(np.int64) @ k.T.astype(np.int64) + (1 << (_PRECISION_BITS - 1))
+    return np.clip(s >> _PRECISION_BITS, 0, 255)
+
+
+@lru_cache(maxsize=1)
+def _pillow_has_vertical_first_rule() -> bool:
+    """Whether the installed Pillow runs the vertical pass first when the height shrinks by more
+    than twice as many pixels as the width (recent Pillow does, older Pillow never): probed once
+    on a small image where the two orders give different bytes."""
+    from PIL import Image
+
+    g = np.random.default_rng(0).integers(0, 256, size=(33, 17), dtype=np.uint8)
+    ref = np.asarray(Image.fromarray(g, "L").resize((8, 8), Image.Resampling.LANCZOS))
+    horizontal_first = _pass(_pass(g, lanczos_weights(17, 8)).T, lanczos_weights(33, 8)).T
+    return not np.array_equal(ref, horizontal_first)
+
+
+def vertical_first(h: int, w: int, height: int, width: int) -> bool:
+    """Whether Pillow resizes (h, w) to (height, width) with the vertical pass first (only
+    matters when both passes run)."""
+    if width == w or height == h:
+        return False
+    shrink_h = h - height
+    return shrink_h > 0 and shrink_h > (w - width) * 2 and _pillow_has_vertical_first_rule()
+
+
 def pillow_resize(gray: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """Pillow's ``Image.resize((width, height), LANCZOS)`` of 8-bit grey images, exactly.
 
     ``gray``: (N, H, W) holding integers in [0, 255]. Returns float64 (N, height, width).
-    Horizontal pass first, rounded to 8 bits, then the vertical pass, as Pillow does. Each pass
-    is a float32 matrix product against the split weights of :func:`split_weights` (exact), or
-    a float64 one where no split is exact; ``floor(sum + 0.5)`` is then Pillow's
-    ``(sum + 2**21) >> 22``."""
+    Horizontal pass first, rounded to 8 bits, then the vertical pass, as Pillow does (or the
+    other way round where :func:`vertical_first` says Pillow does). Each pass is a float32
+    matrix product against the split weights of :func:`split_weights` (exact), or a float64 one
+    where no split is exact; ``floor(sum + 0.5)`` is then Pillow's ``(sum + 2**21) >> 22``."""
     n, h, w = gray.shape
+    if vertical_first(h, w, height, width):
+        return pillow_resize(gray.transpose(1, 2), height, width).transpose(1, 2)
     if width == w:
         return _resize_t(gray.double().permute(2, 0, 1), width, height)
     wts, split = _axis_weights(w, (width,), gray.device)
@@ -304,7 +340,10 @@ def _imagehash_bits(name: str, p: torch.Tensor, hash_size: int) -> torch.Tensor:
         return (p[:, :, 1:] > p[:, :, :-1]).reshape(n, -1)
     size = hash_size * 4
     c = torch.as_tensor(_scipy_dct2_matrix(size, hash_size), device=p.device)
-    r = p.permute(1, 2, 0).to(c.dtype)  # [y, x, n]: the resize's own layout, no copy
+    if p.is_contiguous():  # (N, y, x), as the native kernel gives: batched products
+        low = torch.matmul(torch.matmul(c, p.to(c.dtype)), c.T).reshape(n, -1)
+        return low > _median_even(low).unsqueeze(1)
+    r = p.permute(1, 2, 0).to(c.dtype)  # [y, x, n]: the torch resize's own layout, no copy
     t = (c @ r.reshape(size, size * n)).view(hash_size, size, n)  # DCT over y: [k, x, n]
     low = torch.matmul(c, t).permute(2, 0, 1).reshape(n, -1)      # over x: [n, k, l]
     return low > _median_even(low).unsqueeze(1)
@@ -332,8 +371,12 @@ def _hashes(names: tuple[str, ...], x: torch.Tensor, hash_size: int, step: int,
     n, ch, h, w = x.shape
     dev = x.device
     sizes = {name: _resize_size(name, hash_size) for name in names if name != "pdq"}
+    # sizes Pillow resizes vertical pass first: from the whole batch's grey, after the loop
+    vsizes = {name: s for name, s in sizes.items() if vertical_first(h, w, s[1], s[0])}
+    sizes = {name: s for name, s in sizes.items() if name not in vsizes}
     widths = tuple(dict.fromkeys(wd for wd, _ in sizes.values()))
     hsum = pdq = None
+    gfull = torch.empty((n, h, w), dtype=torch.float32, device=dev) if vsizes else None
     wts, split = torch.empty(0), True
     if widths:
         wts, split = _axis_weights(w, widths, dev)
@@ -363,11 +406,14 @@ def _hashes(names: tuple[str, ...], x: torch.Tensor, hash_size: int, step: int,
             torch.clamp(x[i:i + m], 0.0, 1.0, out=qm).mul_(255.0).round_()
         if pdq is not None:
             torch.mm(q2, pcols, out=pdq[i * ch * h:(i + m) * ch * h])
-        if hsum is not None:
+        if hsum is not None or gfull is not None:
             if ch == 3:  # Pillow's convert('L'), see pillow_gray
                 torch.baddbmm(half, wm, q3, out=g1).floor_()
             else:
                 gm.copy_(qm[:, 0])
+            if gfull is not None:
+                gfull[i:i + m].copy_(gm)
+        if hsum is not None:
             if gt is None:  # no exact float32 split: float64
                 gt = gm.reshape(m * h, w).double().T
             torch.mm(wts, gt, out=hsum[:, i * h:(i + m) * h])
@@ -377,6 +423,8 @@ def _hashes(names: tuple[str, ...], x: torch.Tensor, hash_size: int, step: int,
         for name, (wd, ht) in sizes.items():
             p = _resize_t(passes[wd].view(wd, n, h), wd, ht)
             out[name] = _imagehash_bits(name, p, hash_size)
+    for name, (wd, ht) in vsizes.items():
+        out[name] = _imagehash_bits(name, pillow_resize(gfull, wd, ht), hash_size)
     if pdq is not None:
         t = pdq.view(n, ch, h, 16).double()
         if ch == 3:
@@ -389,6 +437,88 @@ def _hashes(names: tuple[str, ...], x: torch.Tensor, hash_size: int, step: int,
         med = torch.kthvalue(coef, 128, dim=1, keepdim=True).values
         out["pdq"] = (coef > med).flip(1)
     return out
+
+
+# ---------------------------------------------------------------------------- native kernel
+
+try:
+    from . import _pillow as _native
+except ImportError:  # built at install only where a C compiler was found
+    _native = None
+
+_BACKEND_ENV = "ARANGE_FAST_HASH"
+
+
+def fast_hash_backend(device: torch.device | str = "cpu") -> str:
+    """What computes the imagehash hashes' grey conversion and resize for images on ``device``:
+    ``"native"`` (the compiled kernel, on a CPU with AVX-512 VNNI) or ``"torch"``.
+    ``ARANGE_FAST_HASH=torch`` or ``=native`` overrides the choice on a CPU (``native`` then runs
+    the kernel's portable C where the CPU lacks VNNI, which is slower than torch)."""
+    if torch.device(device).type != "cpu" or _native is None:
+        return "torch"
+    forced = os.environ.get(_BACKEND_ENV, "").strip().lower()
+    if forced in ("torch", "native"):
+        return forced
+    return "native" if _native.has_vnni() else "torch"
+
+
+@lru_cache(maxsize=64)
+def _int_weights(in_size: int, out_size: int) -> np.ndarray:
+    return np.ascontiguousarray(lanczos_weights(in_size, out_size).astype(np.int32))
+
+
+def native_resize(x: torch.Tensor, sizes: list[tuple[int, int]], levels: bool = False,
+                  impl: int = 0) -> list[torch.Tensor]:
+    """Pillow's ``convert('L').resize((width, height), LANCZOS)`` of CPU images ``x`` (N, C, H,
+    W) for each ``(width, height)`` in ``sizes``, by the compiled kernel: uint8 tensors (N,
+    height, width). ``x``: uint8, or float in [0, 1] (rounded to the 8-bit grid as
+    :func:`to_uint8_grid`), or float levels in [0, 255] with ``levels``. The batch is split
+    over ``torch.get_num_threads()`` threads (the kernel releases the GIL). ``impl``: 0 best
+    available, 1 portable C, 2 AVX-512 VNNI."""
+    if _native is None:
+        raise RuntimeError("the native hash kernel is not built (no C compiler at install?)")
+    n, c, h, w = x.shape
+    if x.dtype == torch.uint8:
+        mode, arr = 0, x.contiguous().numpy()
+    else:
+        mode, arr = (2 if levels else 1), x.detach().to(torch.float32).contiguous().numpy()
+    outs = [np.empty((n, ht, wd), dtype=np.uint8) for wd, ht in sizes]
+    weights = [(None if wd == w else _int_weights(w, wd), None if ht == h else _int_weights(h, ht),
+                vertical_first(h, w, ht, wd)) for wd, ht in sizes]
+
+    def run(lo: int, hi: int) -> None:
+        plans = [(wd, ht, kh, kv, out[lo:hi], vf)
+                 for (wd, ht), (kh, kv, vf), out in zip(sizes, weights, outs)]
+        _native.resize(arr[lo:hi], mode, hi - lo, c, h, w, plans, impl)
+
+    workers = max(1, min(torch.get_num_threads(), n // 16))
+    if workers == 1:
+        run(0, n)
+    else:
+        bounds = np.linspace(0, n, workers + 1).astype(int)
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(run, bounds[:-1], bounds[1:]))
+    return [torch.from_numpy(o) for o in outs]
+
+
+def _native_hashes(names: tuple[str, ...], x: torch.Tensor, hash_size: int, step: int,
+                   levels: bool) -> dict[str, torch.Tensor]:
+    """:func:`_hashes` with the imagehash hashes' grey and resize done by the native kernel."""
+    imagehash_names = [name for name in names if name != "pdq"]
+    sizes = list(dict.fromkeys(_resize_size(name, hash_size) for name in imagehash_names))
+    resized = dict(zip(sizes, native_resize(x, sizes, levels=levels)))
+    out = {name: _imagehash_bits(name, resized[_resize_size(name, hash_size)].double(),
+                                 hash_size) for name in imagehash_names}
+    if "pdq" in names:
+        out.update(_hashes(("pdq",), x, hash_size, step, levels))
+    return out
+
+
+def _exact(names: tuple[str, ...], x: torch.Tensor, hash_size: int, step: int,
+           levels: bool) -> dict[str, torch.Tensor]:
+    if fast_hash_backend(x.device) == "native" and any(name != "pdq" for name in names):
+        return _native_hashes(names, x, hash_size, step, levels)
+    return _hashes(names, x, hash_size, step, levels)
 
 
 def fast_hashes(names: tuple[str, ...] | list[str], x: torch.Tensor, hash_size: int = 8,
@@ -404,7 +534,7 @@ def fast_hashes(names: tuple[str, ...] | list[str], x: torch.Tensor, hash_size: 
                                   device=x.device) for name in names}
     step = chunk or max(1, _CHUNK_BYTES // (4 * x[0].numel()))
     with torch.no_grad():
-        bits = _hashes(names, x, hash_size, step, levels=False)
+        bits = _exact(names, x, hash_size, step, levels=False)
     return {name: bits[name] for name in names}
 
 
@@ -425,7 +555,7 @@ def fast_hash_levels(name: str, q: torch.Tensor, hash_size: int = 8) -> torch.Te
         return fast_hash(name, q, hash_size)
     step = max(1, _CHUNK_BYTES // (4 * q[0].numel()))
     with torch.no_grad():
-        return _hashes((name,), q, hash_size, step, levels=True)[name]
+        return _exact((name,), q, hash_size, step, levels=True)[name]
 
 
 def hash_bits(name: str, hash_size: int = 8) -> int:
