@@ -75,6 +75,10 @@ def test_scorecard_schema_and_files(tiny_hash_run: tuple[HashScorecard, Path]) -
         assert (out / card.files[name]).exists()
     assert all(d.rate == 1.0 for d in card.detection)
     assert card.check("clean_detection").status == "pass"
+    from arange.hashing.fast import fast_hash_backend
+    agreement = card.check("fast_hash_agreement")
+    assert agreement.details["backend"] == fast_hash_backend("cpu")
+    assert f"({fast_hash_backend('cpu')})" in agreement.message
     fpr = card.fpr[0]
     assert fpr.hash == "phash" and len(fpr.points) == 65 and fpr.n_pairs == 15
     assert [p.fpr for p in fpr.points] == sorted(p.fpr for p in fpr.points)
