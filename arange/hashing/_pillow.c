@@ -149,12 +149,13 @@ static inline uint8_t grey_at(const void *img, int mode, int c, size_t plane, si
     return (uint8_t)level(s[i], mode);
 }
 
-/* Grey of rows 4q..4q+3 (missing rows and columns are 0) -> quad units [g][r][i]. */
+/* Grey of rows 4q..4q+3 (missing rows and columns are 0) -> quad units [g][r][i], for the
+ * column groups from g0 on. */
 static void grey_quad_portable(const void *img, int mode, int c, int h, int w, int q,
-                               uint8_t *dst) {
+                               uint8_t *dst, int g0) {
     const int ng = (w + 3) / 4;
     const size_t plane = (size_t)h * w;
-    for (int g = 0; g < ng; g++)
+    for (int g = g0; g < ng; g++)
         for (int r = 0; r < 4; r++)
             for (int i = 0; i < 4; i++) {
                 const int y = 4 * q + r, x = 4 * g + i;
@@ -257,16 +258,8 @@ VNNI static void grey_quad_vnni(const void *img, int mode, int c, int h, int w, 
         const __m512i cd = _mm512_packus_epi32(rows[2], rows[3]);
         _mm512_storeu_si512(dst + (size_t)x * 4, _mm512_packus_epi16(ab, cd));
     }
-    if (full < w) {  /* the last columns, one by one */
-        const int ng = (w + 3) / 4;
-        for (int g = full / 4; g < ng; g++)
-            for (int r = 0; r < 4; r++)
-                for (int i = 0; i < 4; i++) {
-                    const int y = 4 * q + r, x = 4 * g + i;
-                    dst[g * 16 + r * 4 + i] =
-                        (y < h && x < w) ? grey_at(img, mode, c, plane, (size_t)y * w + x) : 0;
-                }
-    }
+    if (full < w)  /* the last columns */
+        grey_quad_portable(img, mode, c, h, w, q, dst, full / 4);
 }
 
 VNNI static inline __m128i finish(const __m512i *a, int P) {
@@ -379,7 +372,7 @@ static void one_image(const void *img, int mode, int c, int h, int w, Py_ssize_t
             continue;
         }
 #endif
-        grey_quad_portable(img, mode, c, h, w, q, grey + (size_t)q * wg * 16);
+        grey_quad_portable(img, mode, c, h, w, q, grey + (size_t)q * wg * 16, 0);
     }
     for (int s = 0; s < nplans; s++) {
         plan_t *pl = &plans[s];

@@ -462,6 +462,13 @@ def fast_hash_backend(device: torch.device | str = "cpu") -> str:
     return "native" if _native.has_vnni() else "torch"
 
 
+@lru_cache(maxsize=8)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A thread pool kept for the process, so the attacks' many small calls do not start
+    threads each time."""
+    return ThreadPoolExecutor(workers, thread_name_prefix="arange-hash")
+
+
 @lru_cache(maxsize=64)
 def _int_weights(in_size: int, out_size: int) -> np.ndarray:
     return np.ascontiguousarray(lanczos_weights(in_size, out_size).astype(np.int32))
@@ -496,8 +503,7 @@ def native_resize(x: torch.Tensor, sizes: list[tuple[int, int]], levels: bool = 
         run(0, n)
     else:
         bounds = np.linspace(0, n, workers + 1).astype(int)
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(run, bounds[:-1], bounds[1:]))
+        list(_pool(workers).map(run, bounds[:-1], bounds[1:]))
     return [torch.from_numpy(o) for o in outs]
 
 
