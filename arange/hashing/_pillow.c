@@ -245,10 +245,17 @@ VNNI static inline __m512i grey16(const void *img, int mode, int c, size_t plane
  * 128-bit lanes, so lane k of the result is [row 0: columns 4k..4k+3][row 1]...[row 3], the
  * quad unit of column group k. */
 VNNI static void grey_quad_vnni(const void *img, int mode, int c, int h, int w, int q,
-                                uint8_t *dst) {
-    const size_t plane = (size_t)h * w;
+                                uint8_t *dst, const char *next) {
+    const size_t plane = (size_t)h * w, item = mode == MODE_U8 ? 1 : 4;
     const int full = (w / 16) * 16;
     for (int x = 0; x < full; x += 16) {
+        /* the next image's same rows, a cache line at a time, into L2: the batch streams from
+         * memory while this image's passes compute */
+        if (next && (x * item) % 64 == 0)
+            for (int r = 0; r < 4 && 4 * q + r < h; r++)
+                for (int ch = 0; ch < c; ch++)
+                    _mm_prefetch(next + (ch * plane + (size_t)(4 * q + r) * w + x) * item,
+                                 _MM_HINT_T1);
         __m512i rows[4];
         for (int r = 0; r < 4; r++) {
             const int y = 4 * q + r;
@@ -274,12 +281,37 @@ VNNI static inline __m128i finish(const __m512i *a, int P) {
 
 #define BCAST(ptr) _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *)(ptr)))
 
-/* Two quads at a time: each weight vector loaded once serves both, and the 2 x pieces
- * accumulators are independent dot-product chains. */
+/* Four quads at a time (then two, then one): each weight vector loaded once serves them all,
+ * and the quads x pieces accumulators are independent dot-product chains. */
 VNNI static void pass_vnni(const uint8_t *src, int nquads, const pass_t *ps, uint8_t *dst) {
     const int P = ps->pieces;
     const size_t qstride = (size_t)ps->ngroups * 16;
     int q = 0;
+    if (P == 3)
+        for (; q + 3 < nquads; q += 4) {
+            const uint8_t *s0 = src + (size_t)q * qstride;
+            for (int b = 0; b < ps->nblocks; b++) {
+                __m512i a[4][MAX_PIECES];
+                for (int u = 0; u < 4; u++)
+                    for (int p = 0; p < MAX_PIECES; p++)
+                        a[u][p] = _mm512_setzero_si512();
+                const __m512i *wb = (const __m512i *)(ps->w + (size_t)b * ps->ngroups * 3 * 64);
+                for (int g = ps->glo[b]; g < ps->ghi[b]; g++) {
+                    const __m512i *wg = wb + (size_t)g * 3;
+                    const __m512i k0 = _mm512_load_si512(wg), k1 = _mm512_load_si512(wg + 1),
+                                  k2 = _mm512_load_si512(wg + 2);
+                    for (int u = 0; u < 4; u++) {
+                        const __m512i v = BCAST(s0 + u * qstride + g * 16);
+                        a[u][0] = _mm512_dpbusd_epi32(a[u][0], v, k0);
+                        a[u][1] = _mm512_dpbusd_epi32(a[u][1], v, k1);
+                        a[u][2] = _mm512_dpbusd_epi32(a[u][2], v, k2);
+                    }
+                }
+                for (int u = 0; u < 4; u++)
+                    _mm_store_si128((__m128i *)(dst + ((size_t)b * nquads + q + u) * 16),
+                                    finish(a[u], 3));
+            }
+        }
     for (; q + 1 < nquads; q += 2) {
         const uint8_t *s0 = src + (size_t)q * qstride, *s1 = s0 + qstride;
         for (int b = 0; b < ps->nblocks; b++) {
@@ -360,15 +392,16 @@ static void run_pass(const uint8_t *src, int nquads, const pass_t *ps, uint8_t *
     pass_portable(src, nquads, ps, dst);
 }
 
-static void one_image(const void *img, int mode, int c, int h, int w, Py_ssize_t index,
-                      plan_t *plans, int nplans, int vnni, uint8_t *grey, uint8_t *greyt,
-                      uint8_t *mid, uint8_t *fin) {
+static void one_image(const void *img, const void *next, int mode, int c, int h, int w,
+                      Py_ssize_t index, plan_t *plans, int nplans, int vnni, uint8_t *grey,
+                      uint8_t *greyt, uint8_t *mid, uint8_t *fin) {
     const int hq = (h + 3) / 4, wg = (w + 3) / 4;
     int transposed = 0;
+    (void)next;  /* prefetched by the VNNI grey only */
     for (int q = 0; q < hq; q++) {
 #if HAVE_VNNI_BUILD
         if (vnni) {
-            grey_quad_vnni(img, mode, c, h, w, q, grey + (size_t)q * wg * 16);
+            grey_quad_vnni(img, mode, c, h, w, q, grey + (size_t)q * wg * 16, next);
             continue;
         }
 #endif
@@ -559,8 +592,9 @@ static PyObject *resize(PyObject *self, PyObject *args) {
     const size_t stride = (size_t)c * h * w * item;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++)
-        one_image((const char *)src.buf + i * stride, mode, c, h, w, i, plans, nplans, vnni, grey,
-                  greyt, mid, fin);
+        one_image((const char *)src.buf + i * stride,
+                  i + 1 < n ? (const char *)src.buf + (i + 1) * stride : NULL, mode, c, h, w, i,
+                  plans, nplans, vnni, grey, greyt, mid, fin);
     Py_END_ALLOW_THREADS
     Py_INCREF(Py_None);
     result = Py_None;

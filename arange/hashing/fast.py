@@ -339,10 +339,16 @@ def _imagehash_bits(name: str, p: torch.Tensor, hash_size: int) -> torch.Tensor:
     if name == "dhash":
         return (p[:, :, 1:] > p[:, :, :-1]).reshape(n, -1)
     size = hash_size * 4
+    if p.device.type == "cpu" and p.is_contiguous():
+        # (N, y, x), as the native kernel gives: numpy's batched products and sort have a
+        # fraction of torch's per-call overhead at these sizes (2.5 vs 4.5-6 us per image)
+        cn = _scipy_dct2_matrix(size, hash_size)
+        low = (cn @ np.asarray(p.numpy(), dtype=np.float64) @ cn.T).reshape(n, -1)
+        srt = np.sort(low, axis=1)
+        half = low.shape[1] // 2
+        med = srt[:, half] if low.shape[1] % 2 else (srt[:, half - 1] + srt[:, half]) / 2
+        return torch.from_numpy(low > med[:, None])
     c = torch.as_tensor(_scipy_dct2_matrix(size, hash_size), device=p.device)
-    if p.is_contiguous():  # (N, y, x), as the native kernel gives: batched products
-        low = torch.matmul(torch.matmul(c, p.to(c.dtype)), c.T).reshape(n, -1)
-        return low > _median_even(low).unsqueeze(1)
     r = p.permute(1, 2, 0).to(c.dtype)  # [y, x, n]: the torch resize's own layout, no copy
     t = (c @ r.reshape(size, size * n)).view(hash_size, size, n)  # DCT over y: [k, x, n]
     low = torch.matmul(c, t).permute(2, 0, 1).reshape(n, -1)      # over x: [n, k, l]
