@@ -244,26 +244,49 @@ VNNI static inline __m512i grey16(const void *img, int mode, int c, size_t plane
 /* Four rows of 16 grey levels packed to bytes: the unsigned saturating packs work within
  * 128-bit lanes, so lane k of the result is [row 0: columns 4k..4k+3][row 1]...[row 3], the
  * quad unit of column group k. */
+VNNI static inline void store_quad(uint8_t *dst, const __m512i *rows) {
+    const __m512i ab = _mm512_packus_epi32(rows[0], rows[1]);
+    const __m512i cd = _mm512_packus_epi32(rows[2], rows[3]);
+    _mm512_storeu_si512(dst, _mm512_packus_epi16(ab, cd));
+}
+
 VNNI static void grey_quad_vnni(const void *img, int mode, int c, int h, int w, int q,
                                 uint8_t *dst, const char *next) {
     const size_t plane = (size_t)h * w, item = mode == MODE_U8 ? 1 : 4;
     const int full = (w / 16) * 16;
-    for (int x = 0; x < full; x += 16) {
-        /* the next image's same rows, a cache line at a time, into L2: the batch streams from
-         * memory while this image's passes compute */
-        if (next && (x * item) % 64 == 0)
-            for (int r = 0; r < 4 && 4 * q + r < h; r++)
-                for (int ch = 0; ch < c; ch++)
-                    _mm_prefetch(next + (ch * plane + (size_t)(4 * q + r) * w + x) * item,
-                                 _MM_HINT_T1);
-        __m512i rows[4];
-        for (int r = 0; r < 4; r++) {
-            const int y = 4 * q + r;
-            rows[r] = y < h ? grey16(img, mode, c, plane, (size_t)y * w + x) : _mm512_setzero_si512();
+    /* Each loop also prefetches the next image's same rows into L2, a cache line at a time, so
+     * the batch streams from memory while this image's passes compute. */
+    if (mode == MODE_U8 && c == 3 && 4 * q + 3 < h) {
+        /* the common case, without the general loop's per-row tests */
+        const uint8_t *s = (const uint8_t *)img + (size_t)4 * q * w;
+        const char *pre = next ? next + (size_t)4 * q * w : NULL;
+        for (int x = 0; x < full; x += 16) {
+            if (pre && x % 64 == 0)
+                for (int r = 0; r < 4; r++)
+                    for (int ch = 0; ch < 3; ch++)
+                        _mm_prefetch(pre + ch * plane + (size_t)r * w + x, _MM_HINT_T1);
+            __m512i rows[4];
+            for (int r = 0; r < 4; r++) {
+                const uint8_t *sr = s + (size_t)r * w + x;
+                rows[r] = luma16(u8x16(sr), u8x16(sr + plane), u8x16(sr + 2 * plane));
+            }
+            store_quad(dst + (size_t)x * 4, rows);
         }
-        const __m512i ab = _mm512_packus_epi32(rows[0], rows[1]);
-        const __m512i cd = _mm512_packus_epi32(rows[2], rows[3]);
-        _mm512_storeu_si512(dst + (size_t)x * 4, _mm512_packus_epi16(ab, cd));
+    } else {
+        for (int x = 0; x < full; x += 16) {
+            if (next && (x * item) % 64 == 0)
+                for (int r = 0; r < 4 && 4 * q + r < h; r++)
+                    for (int ch = 0; ch < c; ch++)
+                        _mm_prefetch(next + (ch * plane + (size_t)(4 * q + r) * w + x) * item,
+                                     _MM_HINT_T1);
+            __m512i rows[4];
+            for (int r = 0; r < 4; r++) {
+                const int y = 4 * q + r;
+                rows[r] = y < h ? grey16(img, mode, c, plane, (size_t)y * w + x)
+                                : _mm512_setzero_si512();
+            }
+            store_quad(dst + (size_t)x * 4, rows);
+        }
     }
     if (full < w)  /* the last columns */
         grey_quad_portable(img, mode, c, h, w, q, dst, full / 4);
