@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import sysconfig
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -143,3 +147,14 @@ def test_tall_images_hash_like_the_reference(backend: str, monkeypatch: pytest.M
     bits = fast_hashes(("average_hash", "dhash", "phash"), x)
     for name, ours in bits.items():
         assert np.array_equal(ours.numpy(), reference_bits_batch(name, arr)), name
+
+
+def test_native_kernel_is_built_where_a_compiler_is() -> None:
+    # the extension is optional so that installs without a C compiler work; where there is one
+    # (and Python's headers), a failed build would silently leave the slower torch code
+    from arange.hashing import fast
+
+    headers = Path(sysconfig.get_paths()["include"], "Python.h").exists()
+    if not (headers and (shutil.which("cc") or shutil.which("gcc"))):
+        pytest.skip("no C compiler or Python headers: the native kernel is optional")
+    assert fast._native is not None, "arange/hashing/_pillow.c did not build; see pip's log"
