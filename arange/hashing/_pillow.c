@@ -496,11 +496,15 @@ static void one_image(const void *img, const void *next, int mode, int c, int h,
         }
         run_pass(mid, cols, &pl->v, fin, vnni);
         /* fin unit (vertical block bi, column block b) lane 4 kk + r = row 4 bi + kk,
-         * column 4 b + r */
-        for (int y = 0; y < pl->oh; y++)
-            for (int x = 0; x < pl->ow; x++)
-                out[(size_t)y * pl->ow + x] =
-                    fin[((size_t)(y / 4) * cols + x / 4) * 16 + 4 * (y % 4) + x % 4];
+         * column 4 b + r: each output row takes 4 contiguous bytes from each unit */
+        for (int y = 0; y < pl->oh; y++) {
+            const uint8_t *src_row = fin + (size_t)(y / 4) * cols * 16 + 4 * (y % 4);
+            uint8_t *orow = out + (size_t)y * pl->ow;
+            for (int b = 0; 4 * b < pl->ow; b++) {
+                const int left = pl->ow - 4 * b;
+                memcpy(orow + 4 * b, src_row + (size_t)b * 16, left < 4 ? left : 4);
+            }
+        }
     }
 }
 
