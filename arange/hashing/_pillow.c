@@ -88,25 +88,28 @@ static int make_pass(pass_t *ps, const int32_t *k, int nout, int nin) {
     memset(ps->w, 0, units * 64);
     const int top = 7 * (ps->pieces - 1);
     for (int b = 0; b < ps->nblocks; b++) {
+        /* the band of column groups where an output of this block has a nonzero weight; the
+         * units outside it stay zero and the passes never read them */
         int lo = ps->ngroups, hi = 0;
-        for (int g = 0; g < ps->ngroups; g++) {
-            int8_t *unit = ps->w + ((size_t)b * ps->ngroups + g) * ps->pieces * 64;
-            for (int kk = 0; kk < 4; kk++) {
-                const int j = 4 * b + kk;
-                for (int i = 0; i < 4; i++) {
-                    const int x = 4 * g + i;
-                    const int32_t c = (j < nout && x < nin) ? k[(size_t)j * nin + x] : 0;
-                    if (c) {
-                        lo = g < lo ? g : lo;
-                        hi = g + 1 > hi ? g + 1 : hi;
-                    }
-                    for (int p = 0; p < ps->pieces; p++) {
-                        const int32_t piece = p == ps->pieces - 1 ? c >> top : (c >> (7 * p)) & 127;
-                        for (int r = 0; r < 4; r++)  /* lane 4 kk + r, byte i */
-                            unit[p * 64 + (4 * kk + r) * 4 + i] = (int8_t)piece;
-                    }
+        for (int j = 4 * b; j < 4 * b + 4 && j < nout; j++)
+            for (int x = 0; x < nin; x++)
+                if (k[(size_t)j * nin + x]) {
+                    lo = x / 4 < lo ? x / 4 : lo;
+                    hi = x / 4 + 1 > hi ? x / 4 + 1 : hi;
                 }
-            }
+        for (int g = lo; g < hi; g++) {
+            int8_t *unit = ps->w + ((size_t)b * ps->ngroups + g) * ps->pieces * 64;
+            for (int kk = 0; kk < 4 && 4 * b + kk < nout; kk++)
+                for (int p = 0; p < ps->pieces; p++) {
+                    int8_t dword[4];  /* piece p of the weights of 4 columns, output 4 b + kk */
+                    for (int i = 0; i < 4; i++) {
+                        const int x = 4 * g + i;
+                        const int32_t c = x < nin ? k[(size_t)(4 * b + kk) * nin + x] : 0;
+                        dword[i] = (int8_t)(p == ps->pieces - 1 ? c >> top : (c >> (7 * p)) & 127);
+                    }
+                    for (int r = 0; r < 4; r++)  /* the same for each row: lane 4 kk + r */
+                        memcpy(unit + p * 64 + (4 * kk + r) * 4, dword, 4);
+                }
         }
         ps->glo[b] = lo < hi ? lo : 0;
         ps->ghi[b] = lo < hi ? hi : 0;
