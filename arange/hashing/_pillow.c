@@ -314,82 +314,54 @@ VNNI static inline __m512i dpbusd(__m512i acc, __m512i v, __m512i k) {
 
 #define BCAST(ptr) _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *)(ptr)))
 
-/* Four quads at a time (then two, then one): each weight vector loaded once serves them all,
- * and the quads x pieces accumulators are independent dot-product chains. */
-VNNI static void pass_vnni(const uint8_t *src, int nquads, const pass_t *ps, uint8_t *dst) {
-    const int P = ps->pieces;
+/* Three weight pieces (every downscale by more than about 2x): four row quads at a time, each
+ * weight vector loaded once for all four, twelve independent dot-product chains in pinned
+ * registers (GCC 12 otherwise copies each accumulator twice around vpdpbusd). A last partial
+ * set of quads repeats the final quad and drops the extra results. */
+VNNI static void pass_vnni_p3(const uint8_t *src, int nquads, const pass_t *ps, uint8_t *dst) {
     const size_t qstride = (size_t)ps->ngroups * 16;
-    int q = 0;
-    if (P == 3)
-        for (; q + 3 < nquads; q += 4) {
-            const uint8_t *s0 = src + (size_t)q * qstride, *s1 = s0 + qstride,
-                          *s2 = s1 + qstride, *s3 = s2 + qstride;
-            for (int b = 0; b < ps->nblocks; b++) {
-                /* named accumulators (not an array) so the compiler updates them in place */
-                /* pinned registers: otherwise GCC 12 shuffles accumulators through zmm0 */
-                register __m512i a0 __asm__("zmm20") = _mm512_setzero_si512();
-                register __m512i a1 __asm__("zmm21") = a0, a2 __asm__("zmm22") = a0;
-                register __m512i b0 __asm__("zmm23") = a0, b1 __asm__("zmm24") = a0;
-                register __m512i b2 __asm__("zmm25") = a0, c0 __asm__("zmm26") = a0;
-                register __m512i c1 __asm__("zmm27") = a0, c2 __asm__("zmm28") = a0;
-                register __m512i d0 __asm__("zmm29") = a0, d1 __asm__("zmm30") = a0;
-                register __m512i d2 __asm__("zmm31") = a0;
-                const __m512i *wg = (const __m512i *)(ps->w + (size_t)b * ps->ngroups * 3 * 64)
-                                    + (size_t)ps->glo[b] * 3;
-                for (int g = ps->glo[b]; g < ps->ghi[b]; g++, wg += 3) {
-                    const __m512i k0 = wg[0], k1 = wg[1], k2 = wg[2];
-                    const __m512i v0 = BCAST(s0 + g * 16), v1 = BCAST(s1 + g * 16),
-                                  v2 = BCAST(s2 + g * 16), v3 = BCAST(s3 + g * 16);
-#define DP(acc, v, k) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(v), "v"(k))
-                    DP(a0, v0, k0); DP(b0, v1, k0); DP(c0, v2, k0); DP(d0, v3, k0);
-                    DP(a1, v0, k1); DP(b1, v1, k1); DP(c1, v2, k1); DP(d1, v3, k1);
-                    DP(a2, v0, k2); DP(b2, v1, k2); DP(c2, v2, k2); DP(d2, v3, k2);
-#undef DP
-                }
-                const __m512i ra[3] = {a0, a1, a2}, rb[3] = {b0, b1, b2}, rc[3] = {c0, c1, c2},
-                              rd[3] = {d0, d1, d2};
-                uint8_t *o = dst + ((size_t)b * nquads + q) * 16;
-                _mm_store_si128((__m128i *)o, finish(ra, 3));
-                _mm_store_si128((__m128i *)(o + 16), finish(rb, 3));
-                _mm_store_si128((__m128i *)(o + 32), finish(rc, 3));
-                _mm_store_si128((__m128i *)(o + 48), finish(rd, 3));
-            }
-        }
-    for (; q + 1 < nquads; q += 2) {
-        const uint8_t *s0 = src + (size_t)q * qstride, *s1 = s0 + qstride;
+    for (int q = 0; q < nquads; q += 4) {
+        const uint8_t *s0 = src + (size_t)q * qstride;
+        const uint8_t *s1 = src + (size_t)(q + 1 < nquads ? q + 1 : nquads - 1) * qstride;
+        const uint8_t *s2 = src + (size_t)(q + 2 < nquads ? q + 2 : nquads - 1) * qstride;
+        const uint8_t *s3 = src + (size_t)(q + 3 < nquads ? q + 3 : nquads - 1) * qstride;
         for (int b = 0; b < ps->nblocks; b++) {
-            __m512i a[MAX_PIECES], e[MAX_PIECES];
-            for (int p = 0; p < MAX_PIECES; p++)
-                a[p] = e[p] = _mm512_setzero_si512();
-            const __m512i *wb = (const __m512i *)(ps->w + (size_t)b * ps->ngroups * P * 64);
-            if (P == 3) {
-                for (int g = ps->glo[b]; g < ps->ghi[b]; g++) {
-                    const __m512i v0 = BCAST(s0 + g * 16), v1 = BCAST(s1 + g * 16);
-                    const __m512i *wg = wb + (size_t)g * 3;
-                    const __m512i k0 = _mm512_load_si512(wg), k1 = _mm512_load_si512(wg + 1),
-                                  k2 = _mm512_load_si512(wg + 2);
-                    a[0] = dpbusd(a[0], v0, k0);
-                    e[0] = dpbusd(e[0], v1, k0);
-                    a[1] = dpbusd(a[1], v0, k1);
-                    e[1] = dpbusd(e[1], v1, k1);
-                    a[2] = dpbusd(a[2], v0, k2);
-                    e[2] = dpbusd(e[2], v1, k2);
-                }
-            } else {
-                for (int g = ps->glo[b]; g < ps->ghi[b]; g++) {
-                    const __m512i v0 = BCAST(s0 + g * 16), v1 = BCAST(s1 + g * 16);
-                    for (int p = 0; p < P; p++) {
-                        const __m512i k = _mm512_load_si512(wb + (size_t)g * P + p);
-                        a[p] = dpbusd(a[p], v0, k);
-                        e[p] = dpbusd(e[p], v1, k);
-                    }
-                }
+            register __m512i a0 __asm__("zmm20") = _mm512_setzero_si512();
+            register __m512i a1 __asm__("zmm21") = a0, a2 __asm__("zmm22") = a0;
+            register __m512i b0 __asm__("zmm23") = a0, b1 __asm__("zmm24") = a0;
+            register __m512i b2 __asm__("zmm25") = a0, c0 __asm__("zmm26") = a0;
+            register __m512i c1 __asm__("zmm27") = a0, c2 __asm__("zmm28") = a0;
+            register __m512i d0 __asm__("zmm29") = a0, d1 __asm__("zmm30") = a0;
+            register __m512i d2 __asm__("zmm31") = a0;
+            const __m512i *wg = (const __m512i *)(ps->w + (size_t)b * ps->ngroups * 3 * 64)
+                                + (size_t)ps->glo[b] * 3;
+            for (int g = ps->glo[b]; g < ps->ghi[b]; g++, wg += 3) {
+                const __m512i k0 = wg[0], k1 = wg[1], k2 = wg[2];
+                const __m512i v0 = BCAST(s0 + g * 16), v1 = BCAST(s1 + g * 16),
+                              v2 = BCAST(s2 + g * 16), v3 = BCAST(s3 + g * 16);
+#define DP(acc, v, k) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(v), "v"(k))
+                DP(a0, v0, k0); DP(b0, v1, k0); DP(c0, v2, k0); DP(d0, v3, k0);
+                DP(a1, v0, k1); DP(b1, v1, k1); DP(c1, v2, k1); DP(d1, v3, k1);
+                DP(a2, v0, k2); DP(b2, v1, k2); DP(c2, v2, k2); DP(d2, v3, k2);
+#undef DP
             }
-            _mm_store_si128((__m128i *)(dst + ((size_t)b * nquads + q) * 16), finish(a, P));
-            _mm_store_si128((__m128i *)(dst + ((size_t)b * nquads + q + 1) * 16), finish(e, P));
+            const __m512i r[4][3] = {{a0, a1, a2}, {b0, b1, b2}, {c0, c1, c2}, {d0, d1, d2}};
+            for (int u = 0; u < 4 && q + u < nquads; u++)
+                _mm_store_si128((__m128i *)(dst + ((size_t)b * nquads + q + u) * 16),
+                                finish(r[u], 3));
         }
     }
-    for (; q < nquads; q++) {
+}
+
+/* Any number of pieces (upscales need up to four), one quad at a time. */
+VNNI static void pass_vnni(const uint8_t *src, int nquads, const pass_t *ps, uint8_t *dst) {
+    const int P = ps->pieces;
+    if (P == 3) {
+        pass_vnni_p3(src, nquads, ps, dst);
+        return;
+    }
+    const size_t qstride = (size_t)ps->ngroups * 16;
+    for (int q = 0; q < nquads; q++) {
         const uint8_t *s0 = src + (size_t)q * qstride;
         for (int b = 0; b < ps->nblocks; b++) {
             __m512i a[MAX_PIECES];
