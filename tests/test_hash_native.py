@@ -28,8 +28,8 @@ def _pillow(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("shape", [(128, 128), (37, 53), (33, 17), (9, 8), (5, 3), (300, 40),
-                                   (2, 70), (1, 1)])
+@pytest.mark.parametrize("shape", [(128, 128), (70, 150), (37, 53), (33, 17), (9, 8), (5, 3),
+                                   (300, 40), (2, 70), (1, 1)])
 def test_kernel_matches_pillow_byte_for_byte(impl: int, shape: tuple[int, int]) -> None:
     h, w = shape
     rng = np.random.default_rng(h * 1000 + w)
@@ -41,6 +41,17 @@ def test_kernel_matches_pillow_byte_for_byte(impl: int, shape: tuple[int, int]) 
         for size, ours in zip(sizes, outs):
             assert ours.dtype == torch.uint8 and ours.shape == (4, size[1], size[0])
             assert np.array_equal(ours.numpy(), _pillow(x, size)), (shape, c, size, impl)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_grey_matches_pillow_for_every_colour(impl: int) -> None:
+    # all 2**24 RGB triples as one 4096 x 4096 image, kept at its size (no resize pass): the
+    # grey conversion alone, against Pillow's convert('L')
+    v = np.arange(1 << 24, dtype=np.uint32).reshape(4096, 4096)
+    rgb = np.stack([(v >> 16) & 255, (v >> 8) & 255, v & 255]).astype(np.uint8)
+    want = np.asarray(Image.fromarray(rgb.transpose(1, 2, 0), "RGB").convert("L"))
+    ours = native_resize(torch.from_numpy(rgb)[None], [(4096, 4096)], impl=impl)[0][0]
+    assert np.array_equal(ours.numpy(), want)
 
 
 def test_both_pass_orders_are_exercised() -> None:

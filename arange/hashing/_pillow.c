@@ -253,6 +253,55 @@ VNNI static inline void store_quad(uint8_t *dst, const __m512i *rows) {
     _mm512_storeu_si512(dst, _mm512_packus_epi16(ab, cd));
 }
 
+/* Pillow's grey of 64 pixels (one zmm of each plane) as bytes, in 16-bit arithmetic. With
+ * 19595 = 76 * 256 + 139, 38470 = 150 * 256 + 70 and 7471 = 29 * 256 + 47, the sum is
+ * 256 hi + lo + 2**15 for hi = 76 R + 150 G + 29 B and lo = 139 R + 70 G + 47 B, so the grey
+ * level is (hi + 128 + (lo >> 8)) >> 8, every step exact in 16 bits. Unsigned-by-signed byte
+ * multiply-adds (vpmaddubsw) form hi and lo from the pixels minus 128 (signed bytes, never
+ * saturating), which moves every term by a constant: with those, and 64 * 2 carrying a +128,
+ * (hi' + (lo' >> 8)) >> 8 (arithmetic shifts) is the level minus 128. The unpacks and the
+ * signed pack both work within 128-bit lanes, so the bytes come back in pixel order. */
+VNNI static inline __m512i grey64(const uint8_t *s, size_t plane) {
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    const __m512i r = _mm512_xor_si512(_mm512_loadu_si512(s), flip);
+    const __m512i g = _mm512_xor_si512(_mm512_loadu_si512(s + plane), flip);
+    const __m512i b = _mm512_xor_si512(_mm512_loadu_si512(s + 2 * plane), flip);
+    const __m512i c64 = _mm512_set1_epi8(64);
+    const __m512i whi_rg = _mm512_set1_epi16(150 << 8 | 76), wlo_rg = _mm512_set1_epi16(70 << 8 | 139);
+    const __m512i whi_b = _mm512_set1_epi16(2 << 8 | 29), wlo_b = _mm512_set1_epi16(47);
+    __m512i half[2];
+    for (int k = 0; k < 2; k++) {
+        const __m512i rg = k ? _mm512_unpackhi_epi8(r, g) : _mm512_unpacklo_epi8(r, g);
+        const __m512i bc = k ? _mm512_unpackhi_epi8(b, c64) : _mm512_unpacklo_epi8(b, c64);
+        const __m512i hi = _mm512_add_epi16(_mm512_maddubs_epi16(whi_rg, rg),
+                                            _mm512_maddubs_epi16(whi_b, bc));
+        const __m512i lo = _mm512_add_epi16(_mm512_maddubs_epi16(wlo_rg, rg),
+                                            _mm512_maddubs_epi16(wlo_b, bc));
+        half[k] = _mm512_srai_epi16(_mm512_add_epi16(hi, _mm512_srai_epi16(lo, 8)), 8);
+    }
+    return _mm512_xor_si512(_mm512_packs_epi16(half[0], half[1]), flip);
+}
+
+/* Four rows of 64 grey bytes -> the 16 quad units of their 16 column groups: a 4 x 16 dword
+ * transpose in two rounds of two-source permutes. */
+VNNI static inline void store_quads64(uint8_t *dst, __m512i r0, __m512i r1, __m512i r2,
+                                      __m512i r3) {
+    const __m512i pair_lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i pair_hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9,
+                                             24, 8);
+    const __m512i quad_lo = _mm512_set_epi32(23, 22, 7, 6, 21, 20, 5, 4, 19, 18, 3, 2, 17, 16, 1, 0);
+    const __m512i quad_hi = _mm512_set_epi32(31, 30, 15, 14, 29, 28, 13, 12, 27, 26, 11, 10, 25, 24,
+                                             9, 8);
+    const __m512i a = _mm512_permutex2var_epi32(r0, pair_lo, r1);  /* columns 0-31, rows 0-1 */
+    const __m512i b = _mm512_permutex2var_epi32(r0, pair_hi, r1);  /* columns 32-63 */
+    const __m512i c = _mm512_permutex2var_epi32(r2, pair_lo, r3);
+    const __m512i d = _mm512_permutex2var_epi32(r2, pair_hi, r3);
+    _mm512_storeu_si512(dst, _mm512_permutex2var_epi32(a, quad_lo, c));
+    _mm512_storeu_si512(dst + 64, _mm512_permutex2var_epi32(a, quad_hi, c));
+    _mm512_storeu_si512(dst + 128, _mm512_permutex2var_epi32(b, quad_lo, d));
+    _mm512_storeu_si512(dst + 192, _mm512_permutex2var_epi32(b, quad_hi, d));
+}
+
 VNNI static void grey_quad_vnni(const void *img, int mode, int c, int h, int w, int q,
                                 uint8_t *dst, const char *next) {
     const size_t plane = (size_t)h * w, item = mode == MODE_U8 ? 1 : 4;
@@ -263,7 +312,17 @@ VNNI static void grey_quad_vnni(const void *img, int mode, int c, int h, int w, 
         /* the common case, without the general loop's per-row tests */
         const uint8_t *s = (const uint8_t *)img + (size_t)4 * q * w;
         const char *pre = next ? next + (size_t)4 * q * w : NULL;
-        for (int x = 0; x < full; x += 16) {
+        const int full64 = (w / 64) * 64;
+        for (int x = 0; x < full64; x += 64) {
+            if (pre)
+                for (int r = 0; r < 4; r++)
+                    for (int ch = 0; ch < 3; ch++)
+                        _mm_prefetch(pre + ch * plane + (size_t)r * w + x, _MM_HINT_T1);
+            store_quads64(dst + (size_t)x * 4, grey64(s + x, plane), grey64(s + w + x, plane),
+                          grey64(s + 2 * (size_t)w + x, plane),
+                          grey64(s + 3 * (size_t)w + x, plane));
+        }
+        for (int x = full64; x < full; x += 16) {
             if (pre && x % 64 == 0)
                 for (int r = 0; r < 4; r++)
                     for (int ch = 0; ch < 3; ch++)
