@@ -66,6 +66,28 @@ static void *aligned(size_t bytes) {
     return p;
 }
 
+/* The next image is streamed into the cache while this one computes: its cache lines are
+ * prefetched in step with this image's work (`tick` is told rough cycle counts of each piece),
+ * so the reads are spread over the whole image instead of bursting while the grey conversion
+ * runs; one core keeps only a few misses in flight, and a burst stalls the conversion.
+ * `rate` (lines per unit of work, 16.16 fixed point) comes from the previous image's total
+ * work, as every image of a batch does the same work; 0 (the first image) prefetches nothing. */
+typedef struct {
+    const char *next;
+    size_t lines, issued;
+    uint64_t work, rate;
+} prefetch_t;
+
+static inline void tick(prefetch_t *pf, uint64_t work) {
+    pf->work += work;
+    if (!pf->rate)
+        return;
+    size_t target = (size_t)((pf->work * pf->rate) >> 16);
+    target = target < pf->lines ? target : pf->lines;
+    for (; pf->issued < target; pf->issued++)
+        __builtin_prefetch(pf->next + 64 * pf->issued, 0, 2);  /* into L2 */
+}
+
 /* Weights (nout, nin) int32 row-major -> a pass_t; -1 when out of memory. */
 static int make_pass(pass_t *ps, const int32_t *k, int nout, int nin) {
     int32_t peak = 0;
@@ -155,7 +177,7 @@ static inline uint8_t grey_at(const void *img, int mode, int c, size_t plane, si
 /* Grey of rows 4q..4q+3 (missing rows and columns are 0) -> quad units [g][r][i], for the
  * column groups from g0 on. */
 static void grey_quad_portable(const void *img, int mode, int c, int h, int w, int q,
-                               uint8_t *dst, int g0) {
+                               uint8_t *dst, int g0, prefetch_t *pf) {
     const int ng = (w + 3) / 4;
     const size_t plane = (size_t)h * w;
     for (int g = g0; g < ng; g++)
@@ -165,6 +187,7 @@ static void grey_quad_portable(const void *img, int mode, int c, int h, int w, i
                 dst[g * 16 + r * 4 + i] =
                     (y < h && x < w) ? grey_at(img, mode, c, plane, (size_t)y * w + x) : 0;
             }
+    tick(pf, (uint64_t)(ng - g0) * 16 * c);
 }
 
 static inline uint8_t round8(uint32_t total) {
@@ -174,7 +197,8 @@ static inline uint8_t round8(uint32_t total) {
 
 /* One pass: src quad units [nquads][ngroups][16] -> dst [block][quad][16] (the next pass's
  * quad units) with dst unit lane 4 kk + r = output 4 b + kk of row 4 q + r. */
-static void pass_portable(const uint8_t *src, int nquads, const pass_t *ps, uint8_t *dst) {
+static void pass_portable(const uint8_t *src, int nquads, const pass_t *ps, uint8_t *dst,
+                          prefetch_t *pf) {
     for (int q = 0; q < nquads; q++) {
         const uint8_t *sq = src + (size_t)q * ps->ngroups * 16;
         for (int b = 0; b < ps->nblocks; b++) {
@@ -197,6 +221,7 @@ static void pass_portable(const uint8_t *src, int nquads, const pass_t *ps, uint
                     total += acc[p][lane] << (7 * p);
                 o[lane] = round8(total);
             }
+            tick(pf, (uint64_t)(ps->ghi[b] - ps->glo[b]) * ps->pieces * 64 + 16);
         }
     }
 }
@@ -303,30 +328,21 @@ VNNI static inline void store_quads64(uint8_t *dst, __m512i r0, __m512i r1, __m5
 }
 
 VNNI static void grey_quad_vnni(const void *img, int mode, int c, int h, int w, int q,
-                                uint8_t *dst, const char *next) {
+                                uint8_t *dst, prefetch_t *pf) {
     const size_t plane = (size_t)h * w, item = mode == MODE_U8 ? 1 : 4;
     const int full = (w / 16) * 16;
-    /* Each loop also prefetches the next image's same rows into L2, a cache line at a time, so
-     * the batch streams from memory while this image's passes compute. */
     if (mode == MODE_U8 && c == 3 && 4 * q + 3 < h) {
         /* the common case, without the general loop's per-row tests */
         const uint8_t *s = (const uint8_t *)img + (size_t)4 * q * w;
-        const char *pre = next ? next + (size_t)4 * q * w : NULL;
         const int full64 = (w / 64) * 64;
         for (int x = 0; x < full64; x += 64) {
-            if (pre)
-                for (int r = 0; r < 4; r++)
-                    for (int ch = 0; ch < 3; ch++)
-                        _mm_prefetch(pre + ch * plane + (size_t)r * w + x, _MM_HINT_T1);
+            tick(pf, 64);
             store_quads64(dst + (size_t)x * 4, grey64(s + x, plane), grey64(s + w + x, plane),
                           grey64(s + 2 * (size_t)w + x, plane),
                           grey64(s + 3 * (size_t)w + x, plane));
         }
         for (int x = full64; x < full; x += 16) {
-            if (pre && x % 64 == 0)
-                for (int r = 0; r < 4; r++)
-                    for (int ch = 0; ch < 3; ch++)
-                        _mm_prefetch(pre + ch * plane + (size_t)r * w + x, _MM_HINT_T1);
+            tick(pf, 24);
             __m512i rows[4];
             for (int r = 0; r < 4; r++) {
                 const uint8_t *sr = s + (size_t)r * w + x;
@@ -336,11 +352,7 @@ VNNI static void grey_quad_vnni(const void *img, int mode, int c, int h, int w, 
         }
     } else {
         for (int x = 0; x < full; x += 16) {
-            if (next && (x * item) % 64 == 0)
-                for (int r = 0; r < 4 && 4 * q + r < h; r++)
-                    for (int ch = 0; ch < c; ch++)
-                        _mm_prefetch(next + (ch * plane + (size_t)(4 * q + r) * w + x) * item,
-                                     _MM_HINT_T1);
+            tick(pf, 8 * c * item);
             __m512i rows[4];
             for (int r = 0; r < 4; r++) {
                 const int y = 4 * q + r;
@@ -351,7 +363,7 @@ VNNI static void grey_quad_vnni(const void *img, int mode, int c, int h, int w, 
         }
     }
     if (full < w)  /* the last columns */
-        grey_quad_portable(img, mode, c, h, w, q, dst, full / 4);
+        grey_quad_portable(img, mode, c, h, w, q, dst, full / 4, pf);
 }
 
 VNNI static inline __m128i finish(const __m512i *a, int P) {
@@ -377,7 +389,8 @@ VNNI static inline __m512i dpbusd(__m512i acc, __m512i v, __m512i k) {
  * weight vector loaded once for all four, twelve independent dot-product chains in pinned
  * registers (GCC 12 otherwise copies each accumulator twice around vpdpbusd). A last partial
  * set of quads repeats the final quad and drops the extra results. */
-VNNI static void pass_vnni_p3(const uint8_t *src, int nquads, const pass_t *ps, uint8_t *dst) {
+VNNI static void pass_vnni_p3(const uint8_t *src, int nquads, const pass_t *ps, uint8_t *dst,
+                              prefetch_t *pf) {
     const size_t qstride = (size_t)ps->ngroups * 16;
     for (int q = 0; q < nquads; q += 4) {
         const uint8_t *s0 = src + (size_t)q * qstride;
@@ -408,15 +421,17 @@ VNNI static void pass_vnni_p3(const uint8_t *src, int nquads, const pass_t *ps, 
             for (int u = 0; u < 4 && q + u < nquads; u++)
                 _mm_store_si128((__m128i *)(dst + ((size_t)b * nquads + q + u) * 16),
                                 finish(r[u], 3));
+            tick(pf, (uint64_t)(ps->ghi[b] - ps->glo[b]) * 12 + 16);
         }
     }
 }
 
 /* Any number of pieces (upscales need up to four), one quad at a time. */
-VNNI static void pass_vnni(const uint8_t *src, int nquads, const pass_t *ps, uint8_t *dst) {
+VNNI static void pass_vnni(const uint8_t *src, int nquads, const pass_t *ps, uint8_t *dst,
+                           prefetch_t *pf) {
     const int P = ps->pieces;
     if (P == 3) {
-        pass_vnni_p3(src, nquads, ps, dst);
+        pass_vnni_p3(src, nquads, ps, dst, pf);
         return;
     }
     const size_t qstride = (size_t)ps->ngroups * 16;
@@ -433,6 +448,7 @@ VNNI static void pass_vnni(const uint8_t *src, int nquads, const pass_t *ps, uin
                     a[p] = dpbusd(a[p], v0, _mm512_load_si512(wb + (size_t)g * P + p));
             }
             _mm_store_si128((__m128i *)(dst + ((size_t)b * nquads + q) * 16), finish(a, P));
+            tick(pf, (uint64_t)(ps->ghi[b] - ps->glo[b]) * P + 8);
         }
     }
 }
@@ -455,31 +471,31 @@ static int use_vnni(int impl) {
 
 /* grey: [hq][wg][16]; mid: [nblocks_h][hq][16] (or the grey regrouped when the horizontal
  * pass is skipped); fin: [nblocks_v][nblocks_h][16]. */
-static void run_pass(const uint8_t *src, int nquads, const pass_t *ps, uint8_t *dst, int vnni) {
+static void run_pass(const uint8_t *src, int nquads, const pass_t *ps, uint8_t *dst, int vnni,
+                     prefetch_t *pf) {
 #if HAVE_VNNI_BUILD
     if (vnni) {
-        pass_vnni(src, nquads, ps, dst);
+        pass_vnni(src, nquads, ps, dst, pf);
         return;
     }
 #endif
     (void)vnni;
-    pass_portable(src, nquads, ps, dst);
+    pass_portable(src, nquads, ps, dst, pf);
 }
 
-static void one_image(const void *img, const void *next, int mode, int c, int h, int w,
+static void one_image(const void *img, prefetch_t *pf, int mode, int c, int h, int w,
                       Py_ssize_t index, plan_t *plans, int nplans, int vnni, uint8_t *grey,
                       uint8_t *greyt, uint8_t *mid, uint8_t *fin) {
     const int hq = (h + 3) / 4, wg = (w + 3) / 4;
     int transposed = 0;
-    (void)next;  /* prefetched by the VNNI grey only */
     for (int q = 0; q < hq; q++) {
 #if HAVE_VNNI_BUILD
         if (vnni) {
-            grey_quad_vnni(img, mode, c, h, w, q, grey + (size_t)q * wg * 16, next);
+            grey_quad_vnni(img, mode, c, h, w, q, grey + (size_t)q * wg * 16, pf);
             continue;
         }
 #endif
-        grey_quad_portable(img, mode, c, h, w, q, grey + (size_t)q * wg * 16, 0);
+        grey_quad_portable(img, mode, c, h, w, q, grey + (size_t)q * wg * 16, 0, pf);
     }
     for (int s = 0; s < nplans; s++) {
         plan_t *pl = &plans[s];
@@ -496,8 +512,8 @@ static void one_image(const void *img, const void *next, int mode, int c, int h,
                                     grey[((size_t)q * wg + g) * 16 + 4 * r + i];
                 transposed = 1;
             }
-            run_pass(greyt, wg, &pl->v, mid, vnni);
-            run_pass(mid, pl->v.nblocks, &pl->h, fin, vnni);
+            run_pass(greyt, wg, &pl->v, mid, vnni, pf);
+            run_pass(mid, pl->v.nblocks, &pl->h, fin, vnni, pf);
             /* fin unit (column block bj, row block bi) lane 4 kk + r = column 4 bj + kk,
              * row 4 bi + r */
             for (int y = 0; y < pl->oh; y++)
@@ -518,7 +534,7 @@ static void one_image(const void *img, const void *next, int mode, int c, int h,
                                 grey[((size_t)q * wg + g) * 16 + 4 * r + kk];
         } else {
             cols = pl->h.nblocks;
-            run_pass(grey, hq, &pl->h, mid, vnni);
+            run_pass(grey, hq, &pl->h, mid, vnni, pf);
         }
         if (pl->vskip) {
             /* mid unit (b, q) lane 4 kk + r = row 4 q + r, column 4 b + kk */
@@ -528,7 +544,7 @@ static void one_image(const void *img, const void *next, int mode, int c, int h,
                         mid[((size_t)(x / 4) * hq + y / 4) * 16 + 4 * (x % 4) + y % 4];
             continue;
         }
-        run_pass(mid, cols, &pl->v, fin, vnni);
+        run_pass(mid, cols, &pl->v, fin, vnni, pf);
         /* fin unit (vertical block bi, column block b) lane 4 kk + r = row 4 bi + kk,
          * column 4 b + r: each output row takes 4 contiguous bytes from each unit */
         for (int y = 0; y < pl->oh; y++) {
@@ -669,10 +685,18 @@ static PyObject *resize(PyObject *self, PyObject *args) {
     }
     const size_t stride = (size_t)c * h * w * item;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < n; i++)
-        one_image((const char *)src.buf + i * stride,
-                  i + 1 < n ? (const char *)src.buf + (i + 1) * stride : NULL, mode, c, h, w, i,
-                  plans, nplans, vnni, grey, greyt, mid, fin);
+    uint64_t per_image = 0;  /* the work of one image, as counted by tick */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        prefetch_t pf = {NULL, 0, 0, 0, 0};
+        if (i + 1 < n && per_image) {
+            pf.next = (const char *)src.buf + (i + 1) * stride;
+            pf.lines = stride / 64 + 1;
+            pf.rate = ((uint64_t)pf.lines << 16) / per_image + 1;
+        }
+        one_image((const char *)src.buf + i * stride, &pf, mode, c, h, w, i, plans, nplans,
+                  vnni, grey, greyt, mid, fin);
+        per_image = pf.work;
+    }
     Py_END_ALLOW_THREADS
     Py_INCREF(Py_None);
     result = Py_None;

@@ -339,15 +339,6 @@ def _imagehash_bits(name: str, p: torch.Tensor, hash_size: int) -> torch.Tensor:
     if name == "dhash":
         return (p[:, :, 1:] > p[:, :, :-1]).reshape(n, -1)
     size = hash_size * 4
-    if p.device.type == "cpu" and p.is_contiguous():
-        # (N, y, x), as the native kernel gives: numpy's batched products and sort have a
-        # fraction of torch's per-call overhead at these sizes (2.5 vs 4.5-6 us per image)
-        cn = _scipy_dct2_matrix(size, hash_size)
-        low = (cn @ np.asarray(p.numpy(), dtype=np.float64) @ cn.T).reshape(n, -1)
-        srt = np.sort(low, axis=1)
-        half = low.shape[1] // 2
-        med = srt[:, half] if low.shape[1] % 2 else (srt[:, half - 1] + srt[:, half]) / 2
-        return torch.from_numpy(low > med[:, None])
     c = torch.as_tensor(_scipy_dct2_matrix(size, hash_size), device=p.device)
     r = p.permute(1, 2, 0).to(c.dtype)  # [y, x, n]: the torch resize's own layout, no copy
     t = (c @ r.reshape(size, size * n)).view(hash_size, size, n)  # DCT over y: [k, x, n]
@@ -488,6 +479,12 @@ def native_resize(x: torch.Tensor, sizes: list[tuple[int, int]], levels: bool = 
     :func:`to_uint8_grid`), or float levels in [0, 255] with ``levels``. The batch is split
     over ``torch.get_num_threads()`` threads (the kernel releases the GIL). ``impl``: 0 best
     available, 1 portable C, 2 AVX-512 VNNI."""
+    return [torch.from_numpy(o) for o in _native_resize(x, sizes, levels, impl)]
+
+
+def _native_resize(x: torch.Tensor, sizes: list[tuple[int, int]], levels: bool = False,
+                   impl: int = 0) -> list[np.ndarray]:
+    """:func:`native_resize` as numpy arrays."""
     if _native is None:
         raise RuntimeError("the native hash kernel is not built (no C compiler at install?)")
     n, c, h, w = x.shape
@@ -498,19 +495,39 @@ def native_resize(x: torch.Tensor, sizes: list[tuple[int, int]], levels: bool = 
     outs = [np.empty((n, ht, wd), dtype=np.uint8) for wd, ht in sizes]
     weights = [(None if wd == w else _int_weights(w, wd), None if ht == h else _int_weights(h, ht),
                 vertical_first(h, w, ht, wd)) for wd, ht in sizes]
+    workers = max(1, min(torch.get_num_threads(), n // 16))
+    if workers == 1:
+        plans = [(wd, ht, kh, kv, out, vf) for (wd, ht), (kh, kv, vf), out in
+                 zip(sizes, weights, outs)]
+        _native.resize(arr, mode, n, c, h, w, plans, impl)
+        return outs
 
     def run(lo: int, hi: int) -> None:
         plans = [(wd, ht, kh, kv, out[lo:hi], vf)
                  for (wd, ht), (kh, kv, vf), out in zip(sizes, weights, outs)]
         _native.resize(arr[lo:hi], mode, hi - lo, c, h, w, plans, impl)
 
-    workers = max(1, min(torch.get_num_threads(), n // 16))
-    if workers == 1:
-        run(0, n)
-    else:
-        bounds = np.linspace(0, n, workers + 1).astype(int)
-        list(_pool(workers).map(run, bounds[:-1], bounds[1:]))
-    return [torch.from_numpy(o) for o in outs]
+    bounds = np.linspace(0, n, workers + 1).astype(int)
+    list(_pool(workers).map(run, bounds[:-1], bounds[1:]))
+    return outs
+
+
+def _imagehash_bits_np(name: str, p: np.ndarray, hash_size: int) -> np.ndarray:
+    """:func:`_imagehash_bits` of the native kernel's uint8 levels (N, height, width), in
+    numpy: a handful of array operations, no torch dispatch (whose per-call cost is a sizable
+    part of a batch's time once the kernel is fast)."""
+    n = p.shape[0]
+    if name == "average_hash":
+        flat = p.reshape(n, -1)
+        return flat > flat.mean(axis=1, keepdims=True)  # float64 mean, as imagehash
+    if name == "dhash":
+        return (p[:, :, 1:] > p[:, :, :-1]).reshape(n, -1)
+    cn = _scipy_dct2_matrix(hash_size * 4, hash_size)
+    low = (cn @ p.astype(np.float64) @ cn.T).reshape(n, -1)
+    srt = np.sort(low, axis=1)
+    half = low.shape[1] // 2
+    med = srt[:, half] if low.shape[1] % 2 else (srt[:, half - 1] + srt[:, half]) / 2
+    return low > med[:, None]
 
 
 def _native_hashes(names: tuple[str, ...], x: torch.Tensor, hash_size: int, step: int,
@@ -518,9 +535,9 @@ def _native_hashes(names: tuple[str, ...], x: torch.Tensor, hash_size: int, step
     """:func:`_hashes` with the imagehash hashes' grey and resize done by the native kernel."""
     imagehash_names = [name for name in names if name != "pdq"]
     sizes = list(dict.fromkeys(_resize_size(name, hash_size) for name in imagehash_names))
-    resized = dict(zip(sizes, native_resize(x, sizes, levels=levels)))
-    out = {name: _imagehash_bits(name, resized[_resize_size(name, hash_size)].double(),
-                                 hash_size) for name in imagehash_names}
+    resized = dict(zip(sizes, _native_resize(x, sizes, levels=levels)))
+    out = {name: torch.from_numpy(_imagehash_bits_np(name, resized[_resize_size(name, hash_size)],
+                                                     hash_size)) for name in imagehash_names}
     if "pdq" in names:
         out.update(_hashes(("pdq",), x, hash_size, step, levels))
     return out
