@@ -99,3 +99,31 @@ def test_bad_arguments_are_refused() -> None:
         fast._native.resize(x, 0, 2, 3, 8, 8, [(4, 4, k[:2], k, out, False)])
     with pytest.raises(ValueError, match="skipped"):
         fast._native.resize(x, 0, 2, 3, 8, 8, [(4, 4, None, k, out, False)])
+    bits = np.zeros((2, 16), dtype=bool)
+    with pytest.raises(ValueError, match="bits kind"):
+        fast._native.resize(x, 0, 2, 3, 8, 8, [(4, 4, k, k, out, False, bits, 3)])
+    with pytest.raises(ValueError, match="bits kind"):
+        fast._native.resize(x, 0, 2, 3, 8, 8, [(4, 4, k, k, out, False, None, 1)])
+    with pytest.raises(ValueError, match="bits buffer"):
+        fast._native.resize(x, 0, 2, 3, 8, 8, [(4, 4, k, k, out, False, bits, 2)])
+
+
+@pytest.mark.parametrize("hash_size", [5, 8, 16])
+def test_kernel_bits_match_imagehash(hash_size: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the kernel computes aHash's and dHash's bits itself: against imagehash on noise, ramps,
+    # a flat image (every level equals the mean and its neighbour) and two-level stripes
+    import imagehash
+
+    monkeypatch.setenv("ARANGE_FAST_HASH", "native")
+    rng = np.random.default_rng(hash_size)
+    x = rng.integers(0, 256, size=(6, 3, 70, 90), dtype=np.uint8)
+    x[1] = np.clip(np.cumsum(x[1], axis=-1) // 16, 0, 255)
+    x[2] = 77
+    x[3] = 0
+    x[3, :, :, ::8] = 255
+    x[4, :, :35] = 200
+    pil = [Image.fromarray(a.transpose(1, 2, 0), "RGB") for a in x]
+    t = torch.from_numpy(x)
+    for name, fn in (("average_hash", imagehash.average_hash), ("dhash", imagehash.dhash)):
+        want = np.stack([fn(im, hash_size).hash.ravel() for im in pil])
+        assert np.array_equal(fast_hash(name, t, hash_size).numpy(), want), name

@@ -42,6 +42,7 @@
 
 enum { MODE_U8 = 0, MODE_UNIT = 1, MODE_LEVELS = 2 };
 enum { IMPL_AUTO = 0, IMPL_PORTABLE = 1, IMPL_VNNI = 2 };
+enum { BITS_NONE = 0, BITS_MEAN = 1, BITS_DIFF = 2 };
 
 /* One resize pass as the kernel sees it: `nout` outputs in blocks of 4, `ngroups` input
  * groups of 4, weights as [block][group][piece][16 lanes][4 bytes] signed bytes. */
@@ -57,6 +58,8 @@ typedef struct {
     int vfirst;         /* Pillow runs the vertical pass first (both passes needed) */
     pass_t h, v;
     uint8_t *out;       /* [n][oh][ow] */
+    int bits_kind;      /* BITS_*: imagehash bits of each output image, if any */
+    uint8_t *bits;      /* [n][oh * ow] (BITS_MEAN) or [n][oh * (ow - 1)] (BITS_DIFF) */
 } plan_t;
 
 static void *aligned(size_t bytes) {
@@ -483,6 +486,31 @@ static void run_pass(const uint8_t *src, int nquads, const pass_t *ps, uint8_t *
     pass_portable(src, nquads, ps, dst, pf);
 }
 
+/* imagehash's bits of one resized image `o` (oh, ow): average_hash (each level above the
+ * float64 mean, which for integer levels is exactly npx * level > sum) or dhash (each level
+ * above its left neighbour), as 0/1 bytes in imagehash's row-major order. */
+static void image_bits(const plan_t *pl, const uint8_t *o, uint8_t *bits) {
+    if (pl->bits_kind == BITS_MEAN) {
+        const int64_t npx = (int64_t)pl->ow * pl->oh;
+        int64_t sum = 0;
+        for (int64_t i = 0; i < npx; i++)
+            sum += o[i];
+        for (int64_t i = 0; i < npx; i++)
+            bits[i] = (uint8_t)(npx * o[i] > sum);
+    } else if (pl->bits_kind == BITS_DIFF) {
+        for (int y = 0; y < pl->oh; y++)
+            for (int x = 0; x + 1 < pl->ow; x++)
+                bits[(size_t)y * (pl->ow - 1) + x] =
+                    (uint8_t)(o[(size_t)y * pl->ow + x + 1] > o[(size_t)y * pl->ow + x]);
+    }
+}
+
+static size_t bits_per_image(const plan_t *pl) {
+    if (pl->bits_kind == BITS_MEAN)
+        return (size_t)pl->ow * pl->oh;
+    return pl->bits_kind == BITS_DIFF ? (size_t)(pl->ow - 1) * pl->oh : 0;
+}
+
 static void one_image(const void *img, prefetch_t *pf, int mode, int c, int h, int w,
                       Py_ssize_t index, plan_t *plans, int nplans, int vnni, uint8_t *grey,
                       uint8_t *greyt, uint8_t *mid, uint8_t *fin) {
@@ -520,6 +548,7 @@ static void one_image(const void *img, prefetch_t *pf, int mode, int c, int h, i
                 for (int x = 0; x < pl->ow; x++)
                     out[(size_t)y * pl->ow + x] =
                         fin[((size_t)(x / 4) * pl->v.nblocks + y / 4) * 16 + 4 * (x % 4) + y % 4];
+            image_bits(pl, out, pl->bits + index * bits_per_image(pl));
             continue;
         }
         int cols;  /* column blocks of the horizontal result */
@@ -542,6 +571,7 @@ static void one_image(const void *img, prefetch_t *pf, int mode, int c, int h, i
                 for (int x = 0; x < pl->ow; x++)
                     out[(size_t)y * pl->ow + x] =
                         mid[((size_t)(x / 4) * hq + y / 4) * 16 + 4 * (x % 4) + y % 4];
+            image_bits(pl, out, pl->bits + index * bits_per_image(pl));
             continue;
         }
         run_pass(mid, cols, &pl->v, fin, vnni, pf);
@@ -555,6 +585,7 @@ static void one_image(const void *img, prefetch_t *pf, int mode, int c, int h, i
                 memcpy(orow + 4 * b, src_row + (size_t)b * 16, left < 4 ? left : 4);
             }
         }
+        image_bits(pl, out, pl->bits + index * bits_per_image(pl));
     }
 }
 
@@ -564,7 +595,9 @@ static void one_image(const void *img, prefetch_t *pf, int mode, int c, int h, i
  * [0, 1]; mode 2: levels in [0, 255]); c is 1 or 3. plans: sequence of (ow, oh, kh, kv, out,
  * vfirst) with kh the (ow, w) int32 horizontal weights (None when ow == w), kv the (oh, h)
  * int32 vertical weights (None when oh == h), out a writable (n, oh, ow) uint8 buffer and
- * vfirst true where Pillow runs the vertical pass first.
+ * vfirst true where Pillow runs the vertical pass first; optionally then (bits, kind): a
+ * writable buffer of n x (oh * ow) bytes for kind 1 (average_hash) or n x (oh * (ow - 1))
+ * for kind 2 (dhash) that receives each image's imagehash bits as 0/1.
  * impl: 0 best available, 1 portable C, 2 AVX-512 VNNI (ValueError if the CPU lacks it). */
 static PyObject *resize(PyObject *self, PyObject *args) {
     (void)self;
@@ -575,8 +608,8 @@ static PyObject *resize(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*iniiiO|i", &src, &mode, &n, &c, &h, &w, &seq, &impl))
         return NULL;
     plan_t plans[MAX_PLANS];
-    Py_buffer bufs[MAX_PLANS][3];
-    int held[MAX_PLANS][3];
+    Py_buffer bufs[MAX_PLANS][4];
+    int held[MAX_PLANS][4];
     int nplans = 0;
     PyObject *result = NULL, *fast = NULL;
     uint8_t *grey = NULL, *greyt = NULL, *mid = NULL, *fin = NULL;
@@ -610,10 +643,16 @@ static PyObject *resize(PyObject *self, PyObject *args) {
     const int hq = (h + 3) / 4, wg = (w + 3) / 4;
     for (; nplans < PySequence_Fast_GET_SIZE(fast); nplans++) {
         plan_t *pl = &plans[nplans];
-        PyObject *kh_o, *kv_o, *out_o;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, nplans), "iiOOOp", &pl->ow, &pl->oh,
-                              &kh_o, &kv_o, &out_o, &pl->vfirst))
+        PyObject *kh_o, *kv_o, *out_o, *bits_o = Py_None;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, nplans), "iiOOOp|Oi", &pl->ow,
+                              &pl->oh, &kh_o, &kv_o, &out_o, &pl->vfirst, &bits_o,
+                              &pl->bits_kind))
             goto done;
+        if (pl->bits_kind < BITS_NONE || pl->bits_kind > BITS_DIFF ||
+            (pl->bits_kind == BITS_NONE) != (bits_o == Py_None)) {
+            PyErr_SetString(PyExc_ValueError, "resize: bad bits kind or buffer");
+            goto done;
+        }
         if (pl->ow < 1 || pl->oh < 1 || pl->ow > (1 << 15) || pl->oh > (1 << 15)) {
             PyErr_SetString(PyExc_ValueError, "resize: bad output size");
             goto done;
@@ -633,6 +672,16 @@ static PyObject *resize(PyObject *self, PyObject *args) {
             goto done;
         }
         pl->out = b[0].buf;
+        if (pl->bits_kind != BITS_NONE) {
+            if (PyObject_GetBuffer(bits_o, &b[3], PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+                goto done;
+            held[nplans][3] = 1;
+            if ((size_t)b[3].len != (size_t)n * bits_per_image(pl)) {
+                PyErr_SetString(PyExc_ValueError, "resize: bits buffer has the wrong size");
+                goto done;
+            }
+            pl->bits = b[3].buf;
+        }
         if (!pl->hskip) {
             if (PyObject_GetBuffer(kh_o, &b[1], PyBUF_C_CONTIGUOUS) < 0)
                 goto done;
@@ -706,7 +755,7 @@ done:
     free(mid);
     free(fin);
     for (int s = 0; s < MAX_PLANS; s++)
-        for (int k = 0; k < 3; k++)
+        for (int k = 0; k < 4; k++)
             if (held[s][k])
                 PyBuffer_Release(&bufs[s][k]);
     for (int s = 0; s < nplans; s++) {

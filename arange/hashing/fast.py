@@ -356,8 +356,9 @@ def _check(name: str, x: torch.Tensor) -> None:
     if name not in FAST_HASHES:
         raise ValueError(f"no torch implementation of {name!r} "
                          f"(available: {', '.join(FAST_HASHES)})")
-    if x.dim() != 4 or x.shape[1] not in (1, 3):
-        raise ValueError(f"expected images (N, 1 or 3, H, W), got shape {tuple(x.shape)}")
+    shape = x.shape
+    if len(shape) != 4 or shape[1] not in (1, 3):
+        raise ValueError(f"expected images (N, 1 or 3, H, W), got shape {tuple(shape)}")
 
 
 def _hashes(names: tuple[str, ...], x: torch.Tensor, hash_size: int, step: int,
@@ -451,12 +452,19 @@ def fast_hash_backend(device: torch.device | str = "cpu") -> str:
     ``"native"`` (the compiled kernel, on a CPU with AVX-512 VNNI) or ``"torch"``.
     ``ARANGE_FAST_HASH=torch`` or ``=native`` overrides the choice on a CPU (``native`` then runs
     the kernel's portable C where the CPU lacks VNNI, which is slower than torch)."""
-    if torch.device(device).type != "cpu" or _native is None:
+    return _backend(torch.device(device).type == "cpu")
+
+
+_HAS_VNNI = _native is not None and _native.has_vnni()
+
+
+def _backend(cpu: bool) -> str:
+    if not cpu or _native is None:
         return "torch"
     forced = os.environ.get(_BACKEND_ENV, "").strip().lower()
     if forced in ("torch", "native"):
         return forced
-    return "native" if _native.has_vnni() else "torch"
+    return "native" if _HAS_VNNI else "torch"
 
 
 @lru_cache(maxsize=8)
@@ -479,49 +487,62 @@ def native_resize(x: torch.Tensor, sizes: list[tuple[int, int]], levels: bool = 
     :func:`to_uint8_grid`), or float levels in [0, 255] with ``levels``. The batch is split
     over ``torch.get_num_threads()`` threads (the kernel releases the GIL). ``impl``: 0 best
     available, 1 portable C, 2 AVX-512 VNNI."""
-    return [torch.from_numpy(o) for o in _native_resize(x, sizes, levels, impl)]
+    outs, _ = _native_resize(x, sizes, levels, impl)
+    return [torch.from_numpy(o) for o in outs]
+
+
+# The kernel's own bits (see image_bits in _pillow.c), by hash.
+_KERNEL_BITS = {"average_hash": 1, "dhash": 2}
+
+
+@lru_cache(maxsize=64)
+def _plan_spec(h: int, w: int, sizes: tuple[tuple[int, int], ...], kinds: tuple[int, ...]
+               ) -> tuple[tuple, ...]:
+    """Per output size: (width, height, horizontal and vertical weights or None, vertical pass
+    first, kernel bits kind, bits per image)."""
+    return tuple((wd, ht, None if wd == w else _int_weights(w, wd),
+                  None if ht == h else _int_weights(h, ht), vertical_first(h, w, ht, wd), kind,
+                  ht * (wd - 1 if kind == 2 else wd) if kind else 0)
+                 for (wd, ht), kind in zip(sizes, kinds))
 
 
 def _native_resize(x: torch.Tensor, sizes: list[tuple[int, int]], levels: bool = False,
-                   impl: int = 0) -> list[np.ndarray]:
-    """:func:`native_resize` as numpy arrays."""
+                   impl: int = 0, bits: list[str | None] | None = None
+                   ) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+    """:func:`native_resize` as numpy arrays, and for each size whose entry of ``bits`` names
+    average_hash or dhash, that hash's bits (bool (N, bits)) computed by the kernel."""
     if _native is None:
         raise RuntimeError("the native hash kernel is not built (no C compiler at install?)")
     n, c, h, w = x.shape
     if x.dtype == torch.uint8:
-        mode, arr = 0, x.contiguous().numpy()
+        mode, arr = 0, np.ascontiguousarray(x.numpy())
     else:
         mode, arr = (2 if levels else 1), x.detach().to(torch.float32).contiguous().numpy()
-    outs = [np.empty((n, ht, wd), dtype=np.uint8) for wd, ht in sizes]
-    weights = [(None if wd == w else _int_weights(w, wd), None if ht == h else _int_weights(h, ht),
-                vertical_first(h, w, ht, wd)) for wd, ht in sizes]
+    spec = _plan_spec(h, w, tuple(sizes), tuple(_KERNEL_BITS.get(b or "", 0)
+                                                for b in (bits or [None] * len(sizes))))
+    outs = [np.empty((n, ht, wd), dtype=np.uint8) for wd, ht, *_ in spec]
+    hashes = [np.empty((n, nbits), dtype=bool) if nbits else None for *_, nbits in spec]
+
+    def plans(lo: int, hi: int) -> list[tuple]:
+        return [(wd, ht, kh, kv, out[lo:hi], vf) + ((hb[lo:hi], kind) if kind else ())
+                for (wd, ht, kh, kv, vf, kind, _), out, hb in zip(spec, outs, hashes)]
+
     workers = max(1, min(torch.get_num_threads(), n // 16))
     if workers == 1:
-        plans = [(wd, ht, kh, kv, out, vf) for (wd, ht), (kh, kv, vf), out in
-                 zip(sizes, weights, outs)]
-        _native.resize(arr, mode, n, c, h, w, plans, impl)
-        return outs
+        _native.resize(arr, mode, n, c, h, w, plans(0, n), impl)
+    else:
+        def run(lo: int, hi: int) -> None:
+            _native.resize(arr[lo:hi], mode, hi - lo, c, h, w, plans(lo, hi), impl)
 
-    def run(lo: int, hi: int) -> None:
-        plans = [(wd, ht, kh, kv, out[lo:hi], vf)
-                 for (wd, ht), (kh, kv, vf), out in zip(sizes, weights, outs)]
-        _native.resize(arr[lo:hi], mode, hi - lo, c, h, w, plans, impl)
-
-    bounds = np.linspace(0, n, workers + 1).astype(int)
-    list(_pool(workers).map(run, bounds[:-1], bounds[1:]))
-    return outs
+        bounds = np.linspace(0, n, workers + 1).astype(int)
+        list(_pool(workers).map(run, bounds[:-1], bounds[1:]))
+    return outs, hashes
 
 
-def _imagehash_bits_np(name: str, p: np.ndarray, hash_size: int) -> np.ndarray:
-    """:func:`_imagehash_bits` of the native kernel's uint8 levels (N, height, width), in
-    numpy: a handful of array operations, no torch dispatch (whose per-call cost is a sizable
-    part of a batch's time once the kernel is fast)."""
+def _phash_bits_np(p: np.ndarray, hash_size: int) -> np.ndarray:
+    """pHash bits of the native kernel's uint8 levels (N, 4 hash_size, 4 hash_size), in numpy
+    (a fraction of torch's per-call cost at these sizes)."""
     n = p.shape[0]
-    if name == "average_hash":
-        flat = p.reshape(n, -1)
-        return flat > flat.mean(axis=1, keepdims=True)  # float64 mean, as imagehash
-    if name == "dhash":
-        return (p[:, :, 1:] > p[:, :, :-1]).reshape(n, -1)
     cn = _scipy_dct2_matrix(hash_size * 4, hash_size)
     low = (cn @ p.astype(np.float64) @ cn.T).reshape(n, -1)
     srt = np.sort(low, axis=1)
@@ -530,24 +551,35 @@ def _imagehash_bits_np(name: str, p: np.ndarray, hash_size: int) -> np.ndarray:
     return low > med[:, None]
 
 
-def _native_hashes(names: tuple[str, ...], x: torch.Tensor, hash_size: int, step: int,
-                   levels: bool) -> dict[str, torch.Tensor]:
-    """:func:`_hashes` with the imagehash hashes' grey and resize done by the native kernel."""
+def _native_hashes(names: tuple[str, ...], x: torch.Tensor, hash_size: int,
+                   chunk: int | None, levels: bool) -> dict[str, torch.Tensor]:
+    """:func:`_hashes` with the imagehash hashes' grey and resize done by the native kernel
+    (and aHash's and dHash's bits too)."""
     imagehash_names = [name for name in names if name != "pdq"]
-    sizes = list(dict.fromkeys(_resize_size(name, hash_size) for name in imagehash_names))
-    resized = dict(zip(sizes, _native_resize(x, sizes, levels=levels)))
-    out = {name: torch.from_numpy(_imagehash_bits_np(name, resized[_resize_size(name, hash_size)],
-                                                     hash_size)) for name in imagehash_names}
+    sizes = [_resize_size(name, hash_size) for name in imagehash_names]  # distinct per name
+    outs, hashes = _native_resize(x, sizes, levels=levels, bits=imagehash_names)
+    out = {name: torch.from_numpy(_phash_bits_np(o, hash_size) if b is None else b)
+           for name, o, b in zip(imagehash_names, outs, hashes)}
     if "pdq" in names:
-        out.update(_hashes(("pdq",), x, hash_size, step, levels))
+        with torch.no_grad():
+            out.update(_hashes(("pdq",), x, hash_size, _step(x, chunk), levels))
     return out
 
 
-def _exact(names: tuple[str, ...], x: torch.Tensor, hash_size: int, step: int,
+def _exact(names: tuple[str, ...], x: torch.Tensor, hash_size: int, chunk: int | None,
            levels: bool) -> dict[str, torch.Tensor]:
-    if fast_hash_backend(x.device) == "native" and any(name != "pdq" for name in names):
-        return _native_hashes(names, x, hash_size, step, levels)
-    return _hashes(names, x, hash_size, step, levels)
+    """Exact bits of ``names`` for a non-empty batch. The native path runs outside autograd
+    bookkeeping and with few library calls: on a batch whose caches were just evicted, each
+    torch call costs tens of microseconds."""
+    if _backend(x.is_cpu) == "native" and any(name != "pdq" for name in names):
+        return _native_hashes(names, x, hash_size, chunk, levels)
+    with torch.no_grad():
+        return _hashes(names, x, hash_size, _step(x, chunk), levels)
+
+
+def _step(x: torch.Tensor, chunk: int | None) -> int:
+    """Images per chunk of the torch pipeline (see _CHUNK_BYTES)."""
+    return chunk or max(1, _CHUNK_BYTES // (4 * math.prod(x.shape[1:])))
 
 
 def fast_hashes(names: tuple[str, ...] | list[str], x: torch.Tensor, hash_size: int = 8,
@@ -561,9 +593,7 @@ def fast_hashes(names: tuple[str, ...] | list[str], x: torch.Tensor, hash_size: 
     if x.shape[0] == 0:
         return {name: torch.zeros((0, hash_bits(name, hash_size)), dtype=torch.bool,
                                   device=x.device) for name in names}
-    step = chunk or max(1, _CHUNK_BYTES // (4 * x[0].numel()))
-    with torch.no_grad():
-        bits = _exact(names, x, hash_size, step, levels=False)
+    bits = _exact(names, x, hash_size, chunk, levels=False)
     return {name: bits[name] for name in names}
 
 
@@ -582,9 +612,7 @@ def fast_hash_levels(name: str, q: torch.Tensor, hash_size: int = 8) -> torch.Te
     _check(name, q)
     if q.shape[0] == 0:
         return fast_hash(name, q, hash_size)
-    step = max(1, _CHUNK_BYTES // (4 * q[0].numel()))
-    with torch.no_grad():
-        return _exact((name,), q, hash_size, step, levels=True)[name]
+    return _exact((name,), q, hash_size, None, levels=True)[name]
 
 
 def hash_bits(name: str, hash_size: int = 8) -> int:
