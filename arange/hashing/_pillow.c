@@ -388,6 +388,43 @@ VNNI static inline __m512i dpbusd(__m512i acc, __m512i v, __m512i k) {
 
 #define BCAST(ptr) _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *)(ptr)))
 
+/* The last block of a pass whose output count is not a multiple of 4 (dhash's ninth column):
+ * its m < 4 outputs would fill only m of the 4 output lanes of every vector, so here each
+ * output has its own vectors with one lane per row of the four quads (the four quads' units of
+ * a column group side by side, times that output's weights broadcast), and a 4 x 4 transpose
+ * writes the usual units (the unused outputs' bytes are 0). */
+VNNI static inline __attribute__((always_inline)) void
+partial_block_p3(const pass_t *ps, int b, const int m, const uint8_t *const s[4], int q,
+                 int nquads, uint8_t *dst) {
+    __m512i acc[3][3];
+    for (int kk = 0; kk < 3; kk++)
+        for (int p = 0; p < 3; p++)
+            acc[kk][p] = _mm512_setzero_si512();
+    const int8_t *wb = ps->w + (size_t)b * ps->ngroups * 3 * 64;
+    for (int g = ps->glo[b]; g < ps->ghi[b]; g++) {
+        __m512i v = _mm512_castsi128_si512(_mm_load_si128((const __m128i *)(s[0] + g * 16)));
+        v = _mm512_inserti32x4(v, _mm_load_si128((const __m128i *)(s[1] + g * 16)), 1);
+        v = _mm512_inserti32x4(v, _mm_load_si128((const __m128i *)(s[2] + g * 16)), 2);
+        v = _mm512_inserti32x4(v, _mm_load_si128((const __m128i *)(s[3] + g * 16)), 3);
+        const int8_t *wu = wb + (size_t)g * 3 * 64;
+        for (int kk = 0; kk < m; kk++)
+            for (int p = 0; p < 3; p++) {
+                int32_t k;  /* output kk's 4 weight bytes: lane 4 kk (row 0) of piece p */
+                memcpy(&k, wu + p * 64 + kk * 16, 4);
+                acc[kk][p] = dpbusd(acc[kk][p], v, _mm512_set1_epi32(k));
+            }
+    }
+    __m128i res[4];
+    for (int kk = 0; kk < 4; kk++)  /* byte 4 u + r: output kk of row 4 (q + u) + r */
+        res[kk] = kk < m ? finish(acc[kk], 3) : _mm_setzero_si128();
+    const __m128i t0 = _mm_unpacklo_epi32(res[0], res[1]), t1 = _mm_unpacklo_epi32(res[2], res[3]);
+    const __m128i t2 = _mm_unpackhi_epi32(res[0], res[1]), t3 = _mm_unpackhi_epi32(res[2], res[3]);
+    const __m128i units[4] = {_mm_unpacklo_epi64(t0, t1), _mm_unpackhi_epi64(t0, t1),
+                              _mm_unpacklo_epi64(t2, t3), _mm_unpackhi_epi64(t2, t3)};
+    for (int u = 0; u < 4 && q + u < nquads; u++)
+        _mm_store_si128((__m128i *)(dst + ((size_t)b * nquads + q + u) * 16), units[u]);
+}
+
 /* Three weight pieces (every downscale by more than about 2x): four row quads at a time, each
  * weight vector loaded once for all four, twelve independent dot-product chains in pinned
  * registers (GCC 12 otherwise copies each accumulator twice around vpdpbusd). A last partial
@@ -401,6 +438,18 @@ VNNI static void pass_vnni_p3(const uint8_t *src, int nquads, const pass_t *ps, 
         const uint8_t *s2 = src + (size_t)(q + 2 < nquads ? q + 2 : nquads - 1) * qstride;
         const uint8_t *s3 = src + (size_t)(q + 3 < nquads ? q + 3 : nquads - 1) * qstride;
         for (int b = 0; b < ps->nblocks; b++) {
+            const int m = ps->nout - 4 * b;
+            if (m < 4) {
+                const uint8_t *const s[4] = {s0, s1, s2, s3};
+                if (m == 1)
+                    partial_block_p3(ps, b, 1, s, q, nquads, dst);
+                else if (m == 2)
+                    partial_block_p3(ps, b, 2, s, q, nquads, dst);
+                else
+                    partial_block_p3(ps, b, 3, s, q, nquads, dst);
+                tick(pf, (uint64_t)(ps->ghi[b] - ps->glo[b]) * 3 * m + 16);
+                continue;
+            }
             register __m512i a0 __asm__("zmm20") = _mm512_setzero_si512();
             register __m512i a1 __asm__("zmm21") = a0, a2 __asm__("zmm22") = a0;
             register __m512i b0 __asm__("zmm23") = a0, b1 __asm__("zmm24") = a0;
