@@ -81,14 +81,21 @@ typedef struct {
     uint64_t work, rate;
 } prefetch_t;
 
+/* The lines that should have been prefetched once `work` more is done. */
+static inline size_t prefetch_goal(const prefetch_t *pf, uint64_t work) {
+    const size_t goal = (size_t)(((pf->work + work) * pf->rate) >> 16);
+    return goal < pf->lines ? goal : pf->lines;
+}
+
+static inline void prefetch_line(prefetch_t *pf) {
+    __builtin_prefetch(pf->next + 64 * pf->issued++, 0, 2);  /* into L2 */
+}
+
 static inline void tick(prefetch_t *pf, uint64_t work) {
+    const size_t goal = prefetch_goal(pf, work);
     pf->work += work;
-    if (!pf->rate)
-        return;
-    size_t target = (size_t)((pf->work * pf->rate) >> 16);
-    target = target < pf->lines ? target : pf->lines;
-    for (; pf->issued < target; pf->issued++)
-        __builtin_prefetch(pf->next + 64 * pf->issued, 0, 2);  /* into L2 */
+    while (pf->issued < goal)
+        prefetch_line(pf);
 }
 
 /* Weights (nout, nin) int32 row-major -> a pass_t; -1 when out of memory. */
@@ -339,10 +346,12 @@ VNNI static void grey_quad_vnni(const void *img, int mode, int c, int h, int w, 
         const uint8_t *s = (const uint8_t *)img + (size_t)4 * q * w;
         const int full64 = (w / 64) * 64;
         for (int x = 0; x < full64; x += 64) {
-            tick(pf, 64);
-            store_quads64(dst + (size_t)x * 4, grey64(s + x, plane), grey64(s + w + x, plane),
-                          grey64(s + 2 * (size_t)w + x, plane),
-                          grey64(s + 3 * (size_t)w + x, plane));
+            __m512i r[4];
+            for (int k = 0; k < 4; k++) {  /* the prefetches spread over the four rows */
+                tick(pf, 16);
+                r[k] = grey64(s + (size_t)k * w + x, plane);
+            }
+            store_quads64(dst + (size_t)x * 4, r[0], r[1], r[2], r[3]);
         }
         for (int x = full64; x < full; x += 16) {
             tick(pf, 24);
@@ -395,13 +404,15 @@ VNNI static inline __m512i dpbusd(__m512i acc, __m512i v, __m512i k) {
  * writes the usual units (the unused outputs' bytes are 0). */
 VNNI static inline __attribute__((always_inline)) void
 partial_block_p3(const pass_t *ps, int b, const int m, const uint8_t *const s[4], int q,
-                 int nquads, uint8_t *dst) {
+                 int nquads, uint8_t *dst, prefetch_t *pf, size_t goal) {
     __m512i acc[3][3];
     for (int kk = 0; kk < 3; kk++)
         for (int p = 0; p < 3; p++)
             acc[kk][p] = _mm512_setzero_si512();
     const int8_t *wb = ps->w + (size_t)b * ps->ngroups * 3 * 64;
     for (int g = ps->glo[b]; g < ps->ghi[b]; g++) {
+        if (pf->issued < goal)
+            prefetch_line(pf);
         __m512i v = _mm512_castsi128_si512(_mm_load_si128((const __m128i *)(s[0] + g * 16)));
         v = _mm512_inserti32x4(v, _mm_load_si128((const __m128i *)(s[1] + g * 16)), 1);
         v = _mm512_inserti32x4(v, _mm_load_si128((const __m128i *)(s[2] + g * 16)), 2);
@@ -441,13 +452,15 @@ VNNI static void pass_vnni_p3(const uint8_t *src, int nquads, const pass_t *ps, 
             const int m = ps->nout - 4 * b;
             if (m < 4) {
                 const uint8_t *const s[4] = {s0, s1, s2, s3};
+                const uint64_t work = (uint64_t)(ps->ghi[b] - ps->glo[b]) * 3 * m + 16;
+                const size_t goal = prefetch_goal(pf, work);
                 if (m == 1)
-                    partial_block_p3(ps, b, 1, s, q, nquads, dst);
+                    partial_block_p3(ps, b, 1, s, q, nquads, dst, pf, goal);
                 else if (m == 2)
-                    partial_block_p3(ps, b, 2, s, q, nquads, dst);
+                    partial_block_p3(ps, b, 2, s, q, nquads, dst, pf, goal);
                 else
-                    partial_block_p3(ps, b, 3, s, q, nquads, dst);
-                tick(pf, (uint64_t)(ps->ghi[b] - ps->glo[b]) * 3 * m + 16);
+                    partial_block_p3(ps, b, 3, s, q, nquads, dst, pf, goal);
+                tick(pf, work);
                 continue;
             }
             register __m512i a0 __asm__("zmm20") = _mm512_setzero_si512();
@@ -459,7 +472,11 @@ VNNI static void pass_vnni_p3(const uint8_t *src, int nquads, const pass_t *ps, 
             register __m512i d2 __asm__("zmm31") = a0;
             const __m512i *wg = (const __m512i *)(ps->w + (size_t)b * ps->ngroups * 3 * 64)
                                 + (size_t)ps->glo[b] * 3;
+            const uint64_t work = (uint64_t)(ps->ghi[b] - ps->glo[b]) * 12 + 16;
+            const size_t goal = prefetch_goal(pf, work);
             for (int g = ps->glo[b]; g < ps->ghi[b]; g++, wg += 3) {
+                if (pf->issued < goal)  /* a line per group rather than a burst per block */
+                    prefetch_line(pf);
                 const __m512i k0 = wg[0], k1 = wg[1], k2 = wg[2];
                 const __m512i v0 = BCAST(s0 + g * 16), v1 = BCAST(s1 + g * 16),
                               v2 = BCAST(s2 + g * 16), v3 = BCAST(s3 + g * 16);
@@ -473,7 +490,7 @@ VNNI static void pass_vnni_p3(const uint8_t *src, int nquads, const pass_t *ps, 
             for (int u = 0; u < 4 && q + u < nquads; u++)
                 _mm_store_si128((__m128i *)(dst + ((size_t)b * nquads + q + u) * 16),
                                 finish(r[u], 3));
-            tick(pf, (uint64_t)(ps->ghi[b] - ps->glo[b]) * 12 + 16);
+            tick(pf, work);
         }
     }
 }
