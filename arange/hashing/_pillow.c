@@ -72,7 +72,9 @@ static void *aligned(size_t bytes) {
 /* The next image is streamed into the cache while this one computes: its cache lines are
  * prefetched in step with this image's work (`tick` is told rough cycle counts of each piece),
  * so the reads are spread over the whole image instead of bursting while the grey conversion
- * runs; one core keeps only a few misses in flight, and a burst stalls the conversion.
+ * runs; one core keeps only a few misses in flight, and a burst stalls the conversion. Within
+ * a piece of work the lines go out one at a time (per row of the grey conversion, per column
+ * group of a pass) toward `prefetch_goal`, as a burst of even ten fills the line-fill buffers.
  * `rate` (lines per unit of work, 16.16 fixed point) comes from the previous image's total
  * work, as every image of a batch does the same work; 0 (the first image) prefetches nothing. */
 typedef struct {
