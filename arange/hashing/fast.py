@@ -491,8 +491,9 @@ def native_resize(x: torch.Tensor, sizes: list[tuple[int, int]], levels: bool = 
     return [torch.from_numpy(o) for o in outs]
 
 
-# The kernel's own bits (see image_bits in _pillow.c), by hash.
-_KERNEL_BITS = {"average_hash": 1, "dhash": 2}
+# The kernel's own bits (BITS_MEAN, BITS_DIFF in _pillow.c's image_bits), by hash.
+_BITS_MEAN, _BITS_DIFF = 1, 2
+_KERNEL_BITS = {"average_hash": _BITS_MEAN, "dhash": _BITS_DIFF}
 
 
 @lru_cache(maxsize=64)
@@ -502,7 +503,7 @@ def _plan_spec(h: int, w: int, sizes: tuple[tuple[int, int], ...], kinds: tuple[
     first, kernel bits kind, bits per image)."""
     return tuple((wd, ht, None if wd == w else _int_weights(w, wd),
                   None if ht == h else _int_weights(h, ht), vertical_first(h, w, ht, wd), kind,
-                  ht * (wd - 1 if kind == 2 else wd) if kind else 0)
+                  ht * (wd - 1 if kind == _BITS_DIFF else wd) if kind else 0)
                  for (wd, ht), kind in zip(sizes, kinds))
 
 
