@@ -14,10 +14,10 @@ Attacks work on your own ``nn.Module`` and tensors too::
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__
 from .errors import ArangeError, ScenarioError
 from .registry import (
     ATTACKS,
@@ -36,11 +36,6 @@ from .registry import (
     register_model,
 )
 
-try:
-    __version__ = version("arange")
-except PackageNotFoundError:  # running from a source tree without installing
-    __version__ = "0.0.0+unknown"
-
 if TYPE_CHECKING:
     from .scenario import Scenario
     from .scorecard import Scorecard
@@ -48,21 +43,18 @@ if TYPE_CHECKING:
 
 def run(scenario: str | Path | Scenario | dict[str, Any], out: str | Path | None = None,
         **options: Any) -> Scorecard:
-    """Run a scenario (a path, a dict or a :class:`Scenario`) and return its scorecard."""
-    from .runner import run_scenario
-    from .scenario import Scenario, load_scenario, scenario_from_dict
+    """Run a scenario (a path, a dict or a validated scenario of any task) and return its
+    scorecard (options: ``device``, ``resume``, ``progress``, ``executor``, ...)."""
+    from .core.driver import run as run_scenario
+    from .scenario import load_scenario, scenario_from_dict
 
     if isinstance(scenario, (str, Path)):
         scenario = load_scenario(scenario)
     elif isinstance(scenario, dict):
         scenario = scenario_from_dict(scenario)
-    if isinstance(scenario, Scenario):
-        return run_scenario(scenario, out, **options)
-    task = getattr(scenario, "task", None)
-    if not isinstance(task, str):
+    if not isinstance(getattr(scenario, "task", None), str):
         raise TypeError("scenario must be a path, a dict or a validated scenario")
-    from .tasks import get_task
-    return get_task(task).run(scenario, out, **options)  # type: ignore[no-any-return]
+    return run_scenario(scenario, out, **options)  # type: ignore[no-any-return]
 
 
 __all__ = [

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from .gates import (
+    BASELINE_FORMAT,
     Evidence,
     GateError,
-    check_card,
-    decode_outcomes,
     encode_outcomes,
+    evidence_from_baseline,
     load_scorecard_evidence,
     read_json,
     row_label,
@@ -31,7 +31,6 @@ from .gates import (
 from .store import atomic_write_text
 
 log = logging.getLogger(__name__)
-BASELINE_FORMAT = 1
 
 
 def default_path(card: dict[str, Any]) -> Path | None:
@@ -47,29 +46,43 @@ def build_baseline(scorecard: str | Path) -> dict[str, Any]:
     ev = load_scorecard_evidence(scorecard)
     metrics = task_metrics(ev.task, ev.source)
     outcomes: dict[str, list[dict[str, str]]] = {}
-    missing = 0
+    missing: set[str] = set()
     for entries in metrics.values():
         for m in entries:
             rows = ev.card.get(m.table)
-            if not isinstance(rows, list) or m.rows is not None:
-                continue  # derived rows keep no per-sample outcomes
+            if not isinstance(rows, list) or m.rows is not None or not m.rate:
+                continue  # derived rows keep no per-sample outcomes; non-rates keep per_image
             per_row = outcomes.setdefault(m.table, [{} for _ in rows])
             for i in range(len(rows)):
                 if m.name in per_row[i] or not m.holds(rows[i]):
                     continue
                 vec = ev.outcomes(m, i)  # checked against the row's value
                 if vec is None:
-                    missing += 1
+                    missing.add(m.name)
                     continue
                 per_row[i][m.name] = encode_outcomes(vec)
+    per_image: dict[str, list[dict[str, Any]]] = {}
+    for entries in metrics.values():
+        for m in entries:
+            rows = ev.card.get(m.table)
+            if m.per_image is None or not isinstance(rows, list) or m.rows is not None:
+                continue
+            kept = per_image.setdefault(m.table, [{} for _ in rows])
+            for i in range(len(rows)):
+                if m.holds(rows[i]) and (data := ev.per_image(m, i)) is not None:
+                    kept[i][m.name] = {k: v.round(6).tolist() for k, v in data.items()}
     if missing:
-        log.warning("%s: no per-sample outcomes (samples file %s missing); gates against this "
-                    "baseline will use unpaired tests", ev.source, ev.samples_path)
+        why = "" if ev.samples_path is not None and ev.samples_path.is_file() else \
+            f" (samples file {ev.samples_path} missing)"
+        log.warning("%s: no per-sample outcomes for %s%s; max_drop rules on them against "
+                    "this baseline use unpaired tests", ev.source, ", ".join(sorted(missing)),
+                    why)
     return {"arange_baseline": BASELINE_FORMAT,
             "saved": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
             "source": str(ev.source),
             "scorecard": ev.card,
-            "outcomes": outcomes}
+            "outcomes": outcomes,
+            "per_image": per_image}
 
 
 def save_baseline(scorecard: str | Path, out: str | Path | None = None) -> Path:
@@ -81,31 +94,6 @@ def save_baseline(scorecard: str | Path, out: str | Path | None = None) -> Path:
                         "scenario file; give the baseline path with --out")
     atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
     return path
-
-
-def evidence_from_baseline(raw: dict[str, Any], source: str) -> Evidence:
-    """Check a parsed baseline document and wrap it for the gate."""
-    if raw.get("arange_baseline") != BASELINE_FORMAT:
-        raise GateError(f"{source}: baseline format {raw.get('arange_baseline')!r} is not "
-                        f"supported (this arange reads {BASELINE_FORMAT}); save it again with "
-                        "'arange baseline save'")
-    card = check_card(raw.get("scorecard"), f"{source}: scorecard")
-    outcomes = raw.get("outcomes", {})
-    if not isinstance(outcomes, dict):
-        raise GateError(f"{source}: outcomes: must be a mapping of table -> rows")
-    for table, rows in outcomes.items():
-        card_rows = card.get(table)
-        if not isinstance(rows, list) or not isinstance(card_rows, list) \
-                or len(rows) != len(card_rows):
-            raise GateError(f"{source}: outcomes.{table}: must list one entry per row of the "
-                            f"scorecard's {table!r} table")
-        for i, entry in enumerate(rows):
-            if not isinstance(entry, dict):
-                raise GateError(f"{source}: outcomes.{table}[{i}]: must be a mapping of "
-                                "metric -> outcome string")
-            for metric, text in entry.items():
-                decode_outcomes(text, f"{source}: outcomes.{table}[{i}].{metric}")
-    return Evidence(source, card, None, stored=outcomes, kind="baseline")
 
 
 def load_baseline(path: str | Path) -> Evidence:

@@ -20,6 +20,7 @@ from torch import nn
 from .expr import format_eps
 from .scenario import AttackSpec, DefenseSpec, Scenario
 from .scorecard import Check, CheckStatus, ResultRow
+from .stats import mcnemar_exact, mcnemar_exact_one_sided, wilson_interval
 from .threat import Norm
 
 RowCheck = Callable[[list[ResultRow]], Check]
@@ -149,7 +150,6 @@ def check_adaptive(rows: list[ResultRow], robust: dict[str, list[bool]]) -> list
     p < 0.05), the ordinary row overstates robustness: it is marked ``unreliable`` and the
     check fails. ``robust`` maps job ids to per-sample robust flags.
     """
-    from .stats import mcnemar_exact_one_sided
 
     twins = {(r.defense, r.attack, r.norm, round(r.eps, 9)): r for r in rows if not r.adaptive}
     by_defense: dict[str, list[tuple[ResultRow, ResultRow, float]]] = defaultdict(list)
@@ -432,7 +432,6 @@ def check_autocast(ej: ExtraJob, robust: torch.Tensor) -> Check:
     """bf16 autocast must not weaken the attack: the same attack in fp32 on the same samples
     may not break significantly more (exact one-sided McNemar), and its robust accuracy must
     stay inside the bf16 row's 95% interval on those samples."""
-    from .stats import mcnemar_exact_one_sided, wilson_interval
 
     name = f"{AUTOCAST}{_suffix(ej.defense.key)}"
     mask = ej.mask
@@ -478,15 +477,6 @@ def check_large_eps(ej: ExtraJob, robust: torch.Tensor) -> Check:
                  "trustworthy", details=details)
 
 
-def sign_test(b: int, c: int) -> float:
-    """Two-sided exact sign (McNemar) test p-value for ``b`` vs ``c`` discordant pairs."""
-    m = b + c
-    if m == 0:
-        return 1.0
-    tail = sum(math.comb(m, i) for i in range(min(b, c) + 1)) / 2**m
-    return min(1.0, 2 * tail)
-
-
 def check_more_steps(ej: ExtraJob, robust: torch.Tensor, params: dict[str, Any]) -> Check:
     """More iterations and restarts must not change the attack's success beyond noise.
 
@@ -506,7 +496,7 @@ def check_more_steps(ej: ExtraJob, robust: torch.Tensor, params: dict[str, Any])
     b = int((more_broken & ~base_broken).sum())
     c = int((base_broken & ~more_broken).sum())
     p0, p1 = int(base_broken.sum()) / n, int(more_broken.sum()) / n
-    p_value = sign_test(b, c)
+    p_value = mcnemar_exact(b, c)
     what = (f"{ej.base_label} at {format_eps(ej.eps)} with {ej.attack.params} broke "
             f"{p1:.1%} of {n} samples vs {p0:.1%} as configured")
     details = {"n": n, "base_success": p0, "more_success": p1, "only_more": b, "only_base": c,

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__
+from ._version import __version__
 from .errors import ArangeError
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a scenario file without running it")
     v.add_argument("scenario")
 
-    from .tasks import TASK_REGISTRIES
+    from .core.task import TASK_REGISTRIES
     ls = sub.add_parser("list", help="list registered components")
     ls.add_argument("kind", choices=["models", "datasets", "attacks", "defenses",
                                      *TASK_REGISTRIES])
@@ -182,8 +182,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    from .core.task import task_registry
     from .registry import KINDS
-    from .tasks import task_registry
     reg = KINDS[args.kind] if args.kind in KINDS else task_registry(args.kind)
     entries = list(reg.entries())
     width = max((len(e.name) for e in entries), default=0)
@@ -197,30 +197,21 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .runner import run_scenario
-    from .scenario import Scenario, load_scenario
+    from .core.driver import run
+    from .core.executors import make_executor
+    from .core.task import get_task
+    from .scenario import load_scenario
 
     s = load_scenario(args.scenario)
     out = Path(args.out) if args.out else Path("runs") / s.name
     reference = _check_gate_request(args, s)  # bad rules or baseline fail before any compute
-    executor = None
-    if isinstance(s, Scenario):
-        from .executors import make_executor
-        executor = make_executor(args.executor, args.address)  # a missing Ray fails here
-    elif args.executor != "local" or args.address:
-        raise ArangeError(f"{args.scenario}: --executor/--address apply to classification "
-                          f"scenarios; {s.task} scenarios run locally")
+    executor = make_executor(args.executor, args.address)  # a missing Ray fails here
     if args.fresh and (out / "jobs").is_dir():
         shutil.rmtree(out / "jobs")
-    options = {"device": args.device, "progress": not args.quiet, "scenario_path": args.scenario}
-    if isinstance(s, Scenario):
-        card = run_scenario(s, out, executor=executor, **options)
-        print(format_summary(card))
-    else:
-        from .tasks import get_task
-        task = get_task(s.task)
-        card = task.run(s, out, **options)
-        print(task.summary(card))
+    task = get_task(s.task)
+    card = run(s, out, executor=executor, device=args.device, progress=not args.quiet,
+               scenario_path=args.scenario)
+    print(task.summary(card))
     print(f"\nscorecard: {out / 'scorecard.json'}")
     failed = [c for c in card.checks if c.status == "fail"]
     status = 0
@@ -318,7 +309,9 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
         log.warning("the dashboard has no login: anyone who can reach %s:%d can read these "
                     "scorecards", args.host, args.port)
     env = dict(os.environ, **{RUNS_ENV: str(runs.resolve())})
-    cmd = [sys.executable, "-m", "streamlit", *streamlit_command(args.host, args.port)]
+    # -P: the working directory stays off sys.path, so the app imports the arange this command
+    # belongs to, never a source checkout the user happens to stand in.
+    cmd = [sys.executable, "-P", "-m", "streamlit", *streamlit_command(args.host, args.port)]
     log.info("dashboard for %s on http://%s:%d (Ctrl-C stops it)", runs, args.host, args.port)
     proc = subprocess.Popen(cmd, env=env)
     stopping: list[int] = []
@@ -342,36 +335,6 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0 if stopping else code
-
-
-def format_summary(card: object) -> str:
-    """A plain-text robustness table for the terminal."""
-    from .scorecard import Scorecard, format_checks
-    assert isinstance(card, Scorecard)
-    lines = [(f"{card.name}: {card.provenance.dataset} ({card.clean[0].n} samples), "
-              f"device {card.provenance.device}, {card.provenance.seconds:.1f}s")]
-    for c in card.clean:
-        lo, hi = c.accuracy_ci
-        lines.append(f"clean accuracy [{c.defense}]: {c.accuracy:.3f} (95% CI {lo:.3f}-{hi:.3f})")
-    header = f"{'defense':<12} {'attack':<20} {'norm':<5} {'eps':>8} {'robust acc':>10} " \
-             f"{'95% CI':>13} {'success':>8} {'max pert':>9} {'secs':>7}"
-    lines += ["", header, "-" * len(header)]
-    for r in card.results:
-        lo, hi = r.robust_accuracy_ci
-        mark = " unreliable" if r.unreliable else ""
-        lines.append(f"{r.defense:<12} {r.attack:<20} {r.norm:<5} {r.eps_label:>8} "
-                     f"{r.robust_accuracy:>10.3f} {f'{lo:.3f}-{hi:.3f}':>13} "
-                     f"{r.attack_success_rate:>8.3f} {r.perturbation_max:>9.4f} "
-                     f"{r.seconds:>7.1f}{mark}")
-    if any(r.unreliable for r in card.results):
-        lines.append("unreliable: an adaptive attack (BPDA/EOT, the '+' rows) does significantly "
-                     "better on the same samples; see the 'adaptive' checks")
-    for w in card.worst_case:
-        lo, hi = w.robust_accuracy_ci
-        lines.append(f"{w.defense:<12} {'worst case':<20} {w.norm:<5} {w.eps_label:>8} "
-                     f"{w.robust_accuracy:>10.3f} {f'{lo:.3f}-{hi:.3f}':>13}")
-    lines += format_checks(card.checks)
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,8 +21,10 @@ def parse_number(value: object) -> float:
 
     Raises ``ValueError`` with a message suitable for a scenario error.
     """
+    # ValueError for every bad value, wrong type included: callers turn it into one scenario
+    # error naming the field
     if isinstance(value, bool):
-        raise ValueError(f"expected a number, got {value!r}")
+        raise ValueError(f"expected a number, got {value!r}")  # noqa: TRY004
     if isinstance(value, (int, float)):
         result = float(value)
     elif isinstance(value, str):
@@ -36,7 +38,8 @@ def parse_number(value: object) -> float:
                 f"expected a number or an expression like 8/255, got {value!r}") from e
         result = float(_walk(tree.body, value))
     else:
-        raise ValueError(f"expected a number, got {type(value).__name__} {value!r}")
+        raise ValueError(  # noqa: TRY004
+            f"expected a number, got {type(value).__name__} {value!r}")
     if not math.isfinite(result):
         raise ValueError(f"expected a finite number, got {value!r}")
     return result
@@ -61,5 +64,5 @@ def format_eps(eps: float) -> str:
     """A readable label for an epsilon: ``8/255`` when it is a whole number of 1/255 steps."""
     steps = eps * 255
     if abs(steps - round(steps)) < 1e-6 and round(steps) > 0:
-        return f"{int(round(steps))}/255"
+        return f"{round(steps)}/255"
     return f"{eps:g}"

@@ -22,7 +22,7 @@ the per-sample worst case over all attacks at that budget, which is never higher
 attack's number. A rule that selects no row is an error (exit 2), never a silent pass.
 
 Other tasks plug in by registering their metrics (:func:`register_metrics`) from the module that
-registers the task (:mod:`arange.tasks`): each :class:`Metric` names the scorecard table (a list of
+registers the task (:mod:`arange.core.task`): each :class:`Metric` names the scorecard table (a list of
 row objects in the scorecard JSON), the row field holding the value, the direction, which row
 fields identify a row and which of them a rule may select on, and optionally how to read the
 per-sample outcomes from the run's ``samples`` side file (for paired tests). The task's scorecard
@@ -35,8 +35,12 @@ needs ``task``, ``name``, ``provenance.scenario.gates`` (the rules, echoed from 
                key_fields=("attack", "eps", "threshold"),
                selectors=("attack", "eps", "threshold"), where=(("goal", "evasion"),))])
 
-A metric that is not a per-sample rate (a pixel AUC) sets ``rate=False`` and, for ``max_drop``
-rules, its own ``regression_test`` (for example a paired bootstrap over images).
+A metric that is not a per-sample rate (a pixel AUC, a mean F1) sets ``rate=False`` and, for
+``max_drop`` rules, gives ``per_image`` (the per-image data its value is computed from, read from
+the run's side file and kept in baselines) and ``statistic`` (its value on a resample of the
+images): the regression test is then a bootstrap over images, paired when both runs scored the
+same images (:func:`bootstrap_regression`). A metric may instead bring its own
+``regression_test``.
 
 The scorecard's own evaluation-validity checks count too: a check with status ``fail`` fails the
 gate (the numbers may overstate robustness) unless the caller allows it.
@@ -84,6 +88,12 @@ RowsFn = Callable[[Mapping[str, Any]], list[dict[str, Any]]]
 # p-value that the current value is worse): for metrics that are not per-sample rates (an AUC,
 # say), where McNemar's and Newcombe's tests do not apply
 RegressionTest = Callable[[Row, Row, "Evidence", "Evidence"], tuple[str, float]]
+# (row, scorecard JSON, samples side file) -> named per-image arrays the metric is computed from
+PerImageFn = Callable[[Row, Mapping[str, Any], Mapping[str, Any]], dict[str, list[Any]]]
+# (per-image arrays, resampled image indices) -> the metric's value on that resample
+StatisticFn = Callable[[Mapping[str, Any], Any], float]
+BOOTSTRAP = "bootstrap over images ({kind}, one-sided, {b} resamples)"
+BOOTSTRAP_RESAMPLES = 2000
 
 
 class GateError(ArangeError):
@@ -120,6 +130,15 @@ class Metric:
     regression_test: RegressionTest | None = None  # required for max_drop when not a rate
     where: tuple[tuple[str, Any], ...] = ()
     rows: RowsFn | None = None
+    per_image: PerImageFn | None = None   # non-rate metrics: the data a bootstrap resamples
+    statistic: StatisticFn | None = None  # ... and the metric computed on a resample
+    per_image_tolerance: float | None = 1e-4  # |statistic(all) - row value| allowed; None: unchecked
+
+    @property
+    def testable(self) -> bool:
+        """A ``max_drop`` rule can be tested (a rate, a bootstrap or the metric's own test)."""
+        return self.rate or self.regression_test is not None or (
+            self.per_image is not None and self.statistic is not None)
 
     def routes(self, rule: Mapping[str, Any]) -> bool:
         return all(rule.get(k) == v for k, v in self.route)
@@ -130,18 +149,23 @@ class Metric:
 
 
 METRICS: dict[str, dict[str, list[Metric]]] = {}
+# task -> the pydantic model its rules are first validated with (field names and types)
+RULE_MODELS: dict[str, Any] = {}
 
 
-def register_metrics(task: str, metrics: Sequence[Metric]) -> None:
-    """Make ``metrics`` addressable by gate rules of scorecards whose ``task`` is ``task``."""
+def register_metrics(task: str, metrics: Sequence[Metric], rule_model: Any = None) -> None:
+    """Make ``metrics`` addressable by gate rules of scorecards whose ``task`` is ``task``;
+    ``rule_model``: a pydantic model every rule of the task must fit first (optional)."""
     table = METRICS.setdefault(task, {})
     for m in metrics:
         table.setdefault(m.name, []).append(m)
+    if rule_model is not None:
+        RULE_MODELS[task] = rule_model
 
 
 def task_metrics(task: str, source: str = "<scorecard>") -> dict[str, list[Metric]]:
-    if task not in METRICS and task != "classification":
-        from .tasks import get_task
+    if task not in METRICS:
+        from .core.task import get_task
         try:
             get_task(task)  # importing the task's module registers its metrics
         except ArangeError as e:
@@ -157,89 +181,6 @@ def _close(a: Any, b: Any) -> bool:
             and not isinstance(a, bool) and not isinstance(b, bool):
         return math.isclose(float(a), float(b), rel_tol=_TOL, abs_tol=1e-12)
     return bool(a == b)
-
-
-# -- classification (scorecard tables: clean, results, worst_case; side file samples.json)
-
-def _clean_outcomes(row: Row, card: Mapping[str, Any], samples: Mapping[str, Any]) -> Outcomes:
-    pred, labels = samples["clean_pred"][row["defense"]], samples["labels"]
-    _same_length(pred, labels, f"clean_pred[{row['defense']!r}]")
-    return [int(p) == int(y) for p, y in zip(pred, labels, strict=True)]
-
-
-def _job_robust(samples: Mapping[str, Any], job_id: str) -> list[bool]:
-    robust = samples["jobs"][job_id]["robust"]
-    _same_length(robust, samples["labels"], f"jobs[{job_id!r}].robust")
-    return [bool(v) for v in robust]
-
-
-def _robust_outcomes(row: Row, card: Mapping[str, Any], samples: Mapping[str, Any]) -> Outcomes:
-    return list(_job_robust(samples, row["job_id"]))
-
-
-def _cell(card: Mapping[str, Any], row: Row) -> list[Row]:
-    """The results rows of ``row``'s (defense, norm, eps) cell, in run order."""
-    return [r for r in card["results"] if r["defense"] == row["defense"]
-            and r["norm"] == row["norm"] and _close(r["eps"], row["eps"])]
-
-
-def _worst_outcomes(row: Row, card: Mapping[str, Any], samples: Mapping[str, Any]) -> Outcomes:
-    rows = [r for r in _cell(card, row) if r["attack"] in row["attacks"]]
-    if len(rows) != len(row["attacks"]):
-        raise KeyError(f"results rows for attacks {row['attacks']}")
-    vectors = [_job_robust(samples, r["job_id"]) for r in rows]
-    return [all(v) for v in zip(*vectors, strict=True)]
-
-
-def _success_outcomes(row: Row, card: Mapping[str, Any],
-                      samples: Mapping[str, Any]) -> Outcomes:
-    """Broken (True) or not (False) among the samples the attack ran on; None elsewhere.
-
-    The runner records which samples each job attacked (``attacked``). Side files written
-    before it did are reconstructed: the runner attacks the clean-correct samples, and in
-    cascade mode only those that the earlier attacks of the same cell left unbroken (whose
-    ``robust`` flags are cumulative)."""
-    robust = _job_robust(samples, row["job_id"])
-    stored = samples["jobs"][row["job_id"]].get("attacked")
-    if stored is not None:
-        _same_length(stored, robust, f"jobs[{row['job_id']!r}].attacked")
-        attacked = [bool(v) for v in stored]
-    else:
-        attacked = [bool(v) for v in _clean_outcomes(row, card, samples)]
-        if row.get("cumulative"):
-            earlier = []
-            for r in _cell(card, row):
-                if r["job_id"] == row["job_id"]:
-                    break
-                earlier.append(r)
-            if earlier:
-                attacked = _job_robust(samples, earlier[-1]["job_id"])
-    return [(not rb) if a else None for a, rb in zip(attacked, robust, strict=True)]
-
-
-def _same_length(values: Sequence[Any], labels: Sequence[Any], what: str) -> None:
-    if len(values) != len(labels):
-        raise ValueError(f"{what} has {len(values)} entries for {len(labels)} samples")
-
-
-_RESULT_KEY = ("defense", "attack", "norm", "eps")
-_WORST_KEY = ("defense", "norm", "eps")
-register_metrics("classification", [
-    Metric("robust_accuracy", "worst_case", "robust_accuracy", True, _WORST_KEY,
-           ("defense", "eps"), route=(("attack", "worst_case"),), outcomes=_worst_outcomes,
-           description="per-sample worst case over all attacks at a budget"),
-    Metric("robust_accuracy", "worst_case", "robust_accuracy", True, _WORST_KEY,
-           ("defense", "eps"), route=(("attack", None),), outcomes=_worst_outcomes,
-           description="no attack named: the worst case over all attacks"),
-    Metric("robust_accuracy", "results", "robust_accuracy", True, _RESULT_KEY,
-           ("defense", "attack", "eps"), outcomes=_robust_outcomes,
-           description="accuracy under one attack (clean-wrong samples count as broken)"),
-    Metric("clean_accuracy", "clean", "accuracy", True, ("defense",), ("defense",),
-           outcomes=_clean_outcomes, description="accuracy without attack"),
-    Metric("attack_success_rate", "results", "attack_success_rate", False, _RESULT_KEY,
-           ("defense", "attack", "eps"), count_field="n_attacked", outcomes=_success_outcomes,
-           description="fraction of the attacked samples that the attack broke"),
-])
 
 
 # ---------------------------------------------------------------------------- rules
@@ -290,25 +231,24 @@ def rules_from_list(raw: Any, task: str, where: str) -> list[Rule]:
         if not isinstance(item, Mapping):
             raise GateError(f"{path}: a rule must be a mapping with metric and bounds "
                             f"(got {type(item).__name__})")
-        if task == "classification":
-            item = _classification_rule(item, path)
+        if task in RULE_MODELS:
+            item = _model_rule(RULE_MODELS[task], item, path)
         rules.append(_rule(i, item, metrics, path))
     return rules
 
 
-def _classification_rule(item: Mapping[str, Any], path: str) -> dict[str, Any]:
+def _model_rule(model: Any, item: Mapping[str, Any], path: str) -> dict[str, Any]:
     from pydantic import ValidationError
 
-    from .scenario import GateRule
     try:
-        return GateRule.model_validate(dict(item)).model_dump()
+        return dict(model.model_validate(dict(item)).model_dump())
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
         msg = str(first["msg"]).removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             from .registry import suggest
-            allowed = list(GateRule.model_fields)
+            allowed = list(model.model_fields)
             msg = f"unknown field {loc!r}{suggest(loc, allowed)} (allowed: {', '.join(allowed)})"
         raise GateError(f"{path}{'.' + loc if loc else ''}: {msg}") from e
 
@@ -346,7 +286,7 @@ def _rule(index: int, item: Mapping[str, Any], metrics: dict[str, list[Metric]],
     selectors = {k: v for k, v in item.items() if k not in _RULE_KEYS and v is not None}
     rule = Rule(index, metric, selectors, lo, hi, drop, name)
     m = resolve_metric(rule, metrics[metric], path)
-    if drop is not None and not m.rate and m.regression_test is None:
+    if drop is not None and not m.testable:
         raise GateError(f"{path}.max_drop: {metric} is not a rate and has no regression test; "
                         "use min or max")
     routed = {k for k, _ in m.route}
@@ -378,6 +318,7 @@ class Evidence:
     samples_path: Path | None = None
     stored: dict[str, Any] | None = None      # outcomes saved in a baseline file
     kind: Literal["scorecard", "baseline"] = "scorecard"
+    stored_per_image: dict[str, Any] | None = None  # per-image data saved in a baseline file
     _samples: Any = None
     _cache: dict[tuple[str, str, int], Outcomes | None] = field(default_factory=dict)
 
@@ -417,6 +358,47 @@ class Evidence:
         if key not in self._cache:
             self._cache[key] = self._outcomes(metric, index)
         return self._cache[key]
+
+    def per_image(self, metric: Metric, index: int) -> dict[str, Any] | None:
+        """The per-image data of ``metric`` on row ``index`` (for its bootstrap test), checked
+        against the row's own value; None where the run or baseline kept none."""
+        if metric.per_image is None or metric.statistic is None:
+            return None
+        row = self.table(metric.table)[index]
+        label = row_label(metric, row)
+        if self.kind == "baseline":
+            try:
+                data = (self.stored_per_image or {})[metric.table][index][metric.name]
+            except (KeyError, IndexError, TypeError):
+                return None
+            where = f"{self.source}: per_image.{metric.table}[{index}].{metric.name}"
+        else:
+            samples = self._load_samples()
+            if samples is None:
+                return None
+            where = str(self.samples_path)
+            try:
+                data = metric.per_image(row, self.card, samples)
+            except (KeyError, IndexError, TypeError, ValueError) as e:
+                raise GateError(f"{where}: per-image data for {metric.name} ({label}) are "
+                                f"missing or malformed ({e}); re-run the scenario") from e
+        import numpy as np
+
+        try:
+            arrays = {k: np.asarray(v, dtype=np.float64) for k, v in dict(data).items()}
+            n = {len(a) for a in arrays.values()}
+            value = metric.statistic(arrays, np.arange(n.pop())) if len(n) == 1 else None
+        except (TypeError, ValueError) as e:
+            raise GateError(f"{where}: per-image data for {metric.name} ({label}) are not "
+                            f"numeric arrays of one length ({e})") from e
+        expected = row.get(metric.field)
+        if value is None or not isinstance(expected, (int, float)) or not math.isfinite(value) \
+                or (metric.per_image_tolerance is not None
+                    and abs(value - expected) > metric.per_image_tolerance):
+            raise GateError(f"{where}: per-image data of {metric.name} ({label}) give {value} "
+                            f"but the scorecard row says {expected}; they do not belong to "
+                            "this scorecard")
+        return arrays
 
     def _outcomes(self, metric: Metric, index: int) -> Outcomes | None:
         if not metric.rate or metric.rows is not None:
@@ -533,12 +515,43 @@ def load_scorecard_evidence(path: str | Path) -> Evidence:
     return Evidence(str(p), card, samples_path)
 
 
+BASELINE_FORMAT = 1  # of the files 'arange baseline save' writes
+
+
+def evidence_from_baseline(raw: dict[str, Any], source: str) -> Evidence:
+    """Check a parsed baseline document and wrap it for the gate."""
+    if raw.get("arange_baseline") != BASELINE_FORMAT:
+        raise GateError(f"{source}: baseline format {raw.get('arange_baseline')!r} is not "
+                        f"supported (this arange reads {BASELINE_FORMAT}); save it again with "
+                        "'arange baseline save'")
+    card = check_card(raw.get("scorecard"), f"{source}: scorecard")
+    outcomes = raw.get("outcomes", {})
+    if not isinstance(outcomes, dict):
+        raise GateError(f"{source}: outcomes: must be a mapping of table -> rows")
+    for table, rows in outcomes.items():
+        card_rows = card.get(table)
+        if not isinstance(rows, list) or not isinstance(card_rows, list) \
+                or len(rows) != len(card_rows):
+            raise GateError(f"{source}: outcomes.{table}: must list one entry per row of the "
+                            f"scorecard's {table!r} table")
+        for i, entry in enumerate(rows):
+            if not isinstance(entry, dict):
+                raise GateError(f"{source}: outcomes.{table}[{i}]: must be a mapping of "
+                                "metric -> outcome string")
+            for metric, text in entry.items():
+                decode_outcomes(text, f"{source}: outcomes.{table}[{i}].{metric}")
+    per_image = raw.get("per_image", {})
+    if not isinstance(per_image, dict):
+        raise GateError(f"{source}: per_image: must be a mapping of table -> rows")
+    return Evidence(source, card, None, stored=outcomes, kind="baseline",
+                    stored_per_image=per_image)
+
+
 def load_reference(path: str | Path) -> Evidence:
     """A baseline: a file written by ``arange baseline save``, a scorecard or a run folder."""
     p = scorecard_path(path)
     raw = read_json(p, "baseline")
     if isinstance(raw, dict) and "arange_baseline" in raw:
-        from .baseline import evidence_from_baseline
         return evidence_from_baseline(raw, str(p))
     if isinstance(raw, dict) and "schema_version" in raw:
         return load_scorecard_evidence(p)
@@ -792,6 +805,11 @@ def _regression(max_drop: float, metric: Metric, current: Evidence, index: int, 
         check.test, check.p_value = metric.regression_test(row, brow, current, baseline)
         check.note = "; ".join(notes)
         return check
+    if not metric.rate:
+        check.test, check.p_value, note = bootstrap_regression(metric, current, index,
+                                                               baseline, j, label)
+        check.note = "; ".join([*notes, note] if note else notes)
+        return check
     cur_vec = current.outcomes(metric, index)
     base_vec = baseline.outcomes(metric, j)
     paired = (cur_vec is not None and base_vec is not None
@@ -821,6 +839,39 @@ def _regression(max_drop: float, metric: Metric, current: Evidence, index: int, 
             check.p_value = newcombe_one_sided(k_now, n, k_base, bn)
     check.note = "; ".join(notes)
     return check
+
+
+def bootstrap_regression(metric: Metric, current: Evidence, index: int, baseline: Evidence,
+                         bindex: int, label: str) -> tuple[str, float, str]:
+    """One-sided bootstrap p-value that ``metric`` got worse from the baseline's row ``bindex``
+    to the current row ``index``: the share of image resamples in which it did not get worse
+    (the images are resampled jointly when both runs scored the same images)."""
+    import numpy as np
+
+    if metric.statistic is None:
+        raise GateError(f"internal: {metric.name} has no statistic")
+    cur = current.per_image(metric, index)
+    base = baseline.per_image(metric, bindex)
+    if cur is None or base is None:
+        missing = baseline.source if base is None else current.source
+        raise GateError(f"{missing}: no per-image data for {metric.name} ({label}), which its "
+                        "max_drop test needs; re-run the scenario, and save the baseline again "
+                        "with 'arange baseline save'")
+    n_cur, n_base = len(next(iter(cur.values()))), len(next(iter(base.values())))
+    paired = n_cur == n_base and current.prov("dataset_fingerprint") == \
+        baseline.prov("dataset_fingerprint")
+    rng = np.random.default_rng(0)
+    not_worse = 0
+    for _ in range(BOOTSTRAP_RESAMPLES):
+        ic = rng.integers(0, n_cur, n_cur)
+        ib = ic if paired else rng.integers(0, n_base, n_base)
+        delta = metric.statistic(cur, ic) - metric.statistic(base, ib)
+        if (delta if metric.higher_is_better else -delta) >= 0:
+            not_worse += 1
+    p = (1 + not_worse) / (BOOTSTRAP_RESAMPLES + 1)
+    kind = "paired" if paired else "unpaired"
+    note = "" if paired else "unpaired: other images"
+    return BOOTSTRAP.format(kind=kind, b=BOOTSTRAP_RESAMPLES), p, note
 
 
 def _decide_regressions(results: list[RuleResult], alpha: float, correction: str) -> None:

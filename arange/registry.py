@@ -45,7 +45,7 @@ def _ensure_loaded() -> None:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             obj = ep.load()
-        except Exception as e:  # a broken plugin must not take the tool down silently
+        except Exception as e:  # noqa: BLE001  (a broken plugin must not take the tool down)
             log.warning("arange plugin %r failed to load: %s", ep.name, e)
             continue
         if callable(obj) and not inspect.ismodule(obj):

@@ -9,24 +9,18 @@ redoing finished jobs.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
-import json
+import io
 import logging
-import platform
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
+from ._version import __version__
 from .attacks.base import Misclassification, input_gradients_only
 from .checks import (
     AUTOCAST,
@@ -37,10 +31,12 @@ from .checks import (
     probe_model,
     run_row_checks,
 )
+from .core.driver import resolve_device
+from .core.executors import Chain
+from .core.task import content_key
 from .data import ImageDataset, load_dataset
 from .defenses.base import Defense, DefenseContext
 from .errors import ArangeError
-from .executors import Executor, LocalExecutor, RunContext, plan_chains
 from .expr import format_eps
 from .models import build_model, load_weights
 from .registry import ATTACKS, DEFENSES
@@ -48,29 +44,17 @@ from .scenario import AttackSpec, DefenseSpec, Scenario
 from .scorecard import CleanRow, Provenance, ResultRow, Scorecard, WorstCaseRow
 from .speed import BatchSize, place_batch, place_model, restore_rng, rng_state
 from .stats import wilson_interval
-from .store import atomic_write_bytes, atomic_write_json
 from .threat import ThreatModel, enforce
 from .zoo import Recipe, cache_dir, zoo_weights
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from .core.driver import RunState
 
 log = logging.getLogger(__name__)
 JOB_FORMAT = 1
 EXAMPLES_PER_JOB = 8
-
-
-def resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ArangeError(f"device {spec!r} requested but no CUDA device is available; "
-                              "use device: auto or cpu")
-        index = int(spec.split(":")[1]) if ":" in spec else 0
-        if index >= torch.cuda.device_count():
-            raise ArangeError(f"device {spec!r} requested but only "
-                              f"{torch.cuda.device_count()} CUDA device(s) exist")
-    if spec == "mps" and not torch.backends.mps.is_available():
-        raise ArangeError("device 'mps' requested but MPS is not available")
-    return torch.device(spec)
 
 
 @dataclass
@@ -191,6 +175,7 @@ class Job:
     adaptive: str | None = None  # "bpda" / "eot" / "bpda+eot": attack the defense's adaptive view
     adapts: str | None = None    # the attack label of the ordinary job this one adapts
     fp32: bool = False           # run in full precision even under evaluation.autocast
+    check: str | None = None     # the validity check this extra job serves (no examples saved)
 
     @property
     def job_id(self) -> str:
@@ -205,10 +190,6 @@ def _job_context(s: Scenario, weights_sha: str, data_fp: str) -> dict[str, Any]:
             "data": data_fp, "seed": s.seed, "batch_size": s.target.batch_size,
             "quantize": s.target.quantize, "cascade": s.evaluation.cascade,
             "autocast": s.evaluation.autocast}
-
-
-def _content_key(spec: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
 def suite_components(a: AttackSpec) -> list[AttackSpec]:
@@ -259,7 +240,7 @@ def expand_jobs(s: Scenario, weights_sha: str, data_fp: str) -> list[Job]:
                         spec["suite"] = a.model_dump(mode="json", exclude={"eps"})
                     if method is not None:
                         spec["adaptive"] = method
-                    key = _content_key(spec)
+                    key = content_key(spec)
                     jobs.append(Job(d, c, eps, key, suite=a.key if a.suite is not None
                                     else None, adaptive=method,
                                     adapts=a.key.rsplit("+", 1)[0] if method else None))
@@ -363,52 +344,19 @@ def _probs(logits: torch.Tensor) -> list[np.ndarray]:
     return list(logits.float().softmax(1).cpu().numpy().astype(np.float32))
 
 
-def _save_examples(path: Path, record: dict[str, Any], data: ImageDataset,
-                   clean_pred: torch.Tensor) -> None:
+def examples_npz(record: dict[str, Any], data: ImageDataset, clean_pred: torch.Tensor
+                 ) -> bytes | None:
+    """The job's example pairs as ``.npz`` bytes (``None`` when it attacked nothing)."""
     ex = record.pop("_examples")
     if not ex["index"]:
-        return
-    import io
+        return None
     idx = np.asarray(ex["index"], dtype=np.int64)
     buf = io.BytesIO()
     np.savez_compressed(buf, index=idx, clean=np.stack(ex["clean"]), adv=np.stack(ex["adv"]),
                         label=data.y.numpy()[idx], clean_pred=clean_pred.numpy()[idx],
                         adv_pred=np.asarray(record["adv_pred"], dtype=np.int64)[idx],
                         clean_prob=np.stack(ex["clean_prob"]), adv_prob=np.stack(ex["adv_prob"]))
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def _load_job(path: Path, key: str) -> dict[str, Any] | None:
-    try:
-        rec = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if rec.get("format") != JOB_FORMAT or rec.get("key") != key:
-        return None
-    return rec  # type: ignore[no-any-return]
-
-
-def _git_sha() -> str | None:
-    root = Path(__file__).resolve().parent.parent
-    if not (root / ".git").exists():
-        return None
-    try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def _libraries() -> dict[str, str]:
-    libs = {}
-    for name in ("torchvision", "numpy", "adversarial-robustness-toolbox", "foolbox",
-                 "pydantic", "scikit-learn"):
-        try:
-            libs[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return libs
+    return buf.getvalue()
 
 
 def _row(job: Job, rec: dict[str, Any], data: ImageDataset, clean_acc: float,
@@ -436,106 +384,185 @@ def _row(job: Job, rec: dict[str, Any], data: ImageDataset, clean_acc: float,
         adaptive_method=job.adaptive, adapts=job.adapts)
 
 
-def run_scenario(s: Scenario, out: str | Path | None = None, *, device: str | None = None,
-                 resume: bool = True, progress: bool = True,
-                 scenario_path: str | Path | None = None,
-                 executor: Executor | None = None) -> Scorecard:
-    """Run every job of ``s`` and write ``OUT/scorecard.json`` (see the module docstring).
+LIBRARIES = ("torchvision", "numpy", "adversarial-robustness-toolbox", "foolbox", "pydantic",
+             "scikit-learn")  # versions recorded in the provenance
 
-    ``executor`` decides where the attack jobs run (default: :class:`LocalExecutor`, in this
-    process); whichever runs them, this process writes every result, so the scorecard is the
-    same. The executor is closed when the jobs are done."""
-    started = dt.datetime.now(dt.UTC)
-    t_start = time.perf_counter()
-    dev = resolve_device(device or s.device)
+
+@dataclass
+class Prepared:
+    """The classification run's state: the target, its defenses and their clean predictions."""
+
+    scenario: Scenario
+    device: torch.device
+    target: PreparedTarget
+    defended: dict[str, Defended]
+    clean_pred: dict[str, torch.Tensor]
+    batch: BatchSize
+    data_fp: str
+    jobs: list[Job] = field(default_factory=list)
+    clean_rows: list[CleanRow] = field(default_factory=list)
+    probe_checks: list[Any] = field(default_factory=list)
+
+    @property
+    def data(self) -> ImageDataset:
+        return self.target.data
+
+    @property
+    def correct(self) -> dict[str, torch.Tensor]:
+        return {k: v == self.data.y for k, v in self.clean_pred.items()}
+
+
+def clean_predictions(s: Scenario, defended: dict[str, Defended], data: ImageDataset,
+                      dev: torch.device) -> dict[str, torch.Tensor]:
+    out = {}
+    for d in s.defenses:
+        _seed_defense_randomness(hashlib.sha256(f"clean:{d.key}".encode()).hexdigest())
+        out[d.key] = predict(defended[d.key].model, data.x,
+                             BatchSize.resolve(s.target.batch_size, dev).size, dev)
+    return out
+
+
+def prepare(s: Scenario, dev: torch.device, progress: bool = True) -> Prepared:
+    """The target and its defenses, their clean predictions and the model probes."""
     target = prepare_target(s, dev, progress=progress)  # bad data/weights fail before any write
     data, model = target.data, target.model
-    data_fp = data.fingerprint()
-    jobs = expand_jobs(s, target.weights_sha256, data_fp)
-
-    out_dir = Path(out) if out is not None else Path("runs") / s.name
-    jobs_dir = out_dir / "jobs"
-    jobs_dir.mkdir(parents=True, exist_ok=True)
-
     was_training = model.training
     defended = build_defenses(s, target, dev, progress=progress)
-    clean_pred: dict[str, torch.Tensor] = {}
-    clean_rows, checks = [], []
+    clean_pred = clean_predictions(s, defended, data, dev)
+    p = Prepared(s, dev, target, defended, clean_pred,
+                 BatchSize.resolve(s.target.batch_size, dev), data.fingerprint())
     probe_n = min(64, len(data))
     for d in s.defenses:
-        m = defended[d.key].model
-        _seed_defense_randomness(hashlib.sha256(f"clean:{d.key}".encode()).hexdigest())
-        clean_pred[d.key] = predict(m, data.x, BatchSize.resolve(s.target.batch_size, dev).size,
-                                    dev)
         k = int((clean_pred[d.key] == data.y).sum())
-        clean_rows.append(CleanRow(defense=d.key, n=len(data), accuracy=k / len(data),
-                                   accuracy_ci=wilson_interval(k, len(data))))
+        p.clean_rows.append(CleanRow(defense=d.key, n=len(data), accuracy=k / len(data),
+                                     accuracy_ci=wilson_interval(k, len(data))))
+        m = defended[d.key].model
         with input_gradients_only(m):
-            checks += probe_model(m, data.x[:probe_n].to(dev), data.y[:probe_n].to(dev), d.key,
-                                  was_training, defended[d.key].defense.adaptive_method)
+            p.probe_checks += probe_model(m, data.x[:probe_n].to(dev), data.y[:probe_n].to(dev),
+                                          d.key, was_training,
+                                          defended[d.key].defense.adaptive_method)
+    return p
 
-    clean_acc = {r.defense: r.accuracy for r in clean_rows}
-    finished: dict[str, dict[str, Any]] = {}
-    for job in jobs if resume else []:
-        rec = _load_job(jobs_dir / f"{job.job_id}.json", job.key)
-        if rec is not None:
-            finished[job.key] = rec
-    reused = len(finished)
-    if reused:
-        log.info("resuming: %d of %d jobs already finished in %s", reused, len(jobs), jobs_dir)
-    correct = {k: v == data.y for k, v in clean_pred.items()}
 
-    def store(job: Job, rec: dict[str, Any]) -> None:  # every executor's results land here
-        _save_examples(out_dir / "examples" / f"{job.job_id}.npz", rec, data,
-                       clean_pred[job.defense.key])
-        atomic_write_json(jobs_dir / f"{job.job_id}.json", rec)
-        finished[job.key] = rec
+def worker_prepare(s: Scenario, dev: torch.device, identity: dict[str, Any],
+                   where: str) -> Prepared:
+    """:func:`prepare` on a Ray worker: the same target and defenses, checked against the
+    driver's weights, data and clean predictions (randomised defenses take the driver's)."""
+    target = prepare_target(s, dev, progress=False)
+    if target.weights_sha256 != identity["weights_sha256"]:
+        raise ArangeError(f"{where}: the target's weights differ from the driver's "
+                          f"(sha256 {target.weights_sha256[:12]} vs "
+                          f"{identity['weights_sha256'][:12]}); give the weights as a file every "
+                          "node can read, or share ARANGE_CACHE_DIR between nodes")
+    if target.data.fingerprint() != identity["data_fingerprint"]:
+        raise ArangeError(f"{where}: the evaluation data differ from the driver's; give a "
+                          "dataset path every node can read")
+    defended = build_defenses(s, target, dev, progress=False)
+    driver_pred = {k: torch.tensor(v, dtype=torch.long)
+                   for k, v in identity["clean_pred"].items()}
+    batch = BatchSize.resolve(s.target.batch_size, dev)
+    for key, d in defended.items():
+        if getattr(d.defense, "randomized", False):
+            continue  # its clean predictions depend on its draws, not on the build
+        if not torch.equal(predict(d.model, target.data.x, batch.size, dev), driver_pred[key]):
+            raise ArangeError(f"{where}: defense {key!r} predicts differently from the "
+                              "driver's on clean data; the nodes must build the same models "
+                              "(same arange and library versions, same cached weights)")
+    return Prepared(s, dev, target, defended, driver_pred, batch, identity["data_fingerprint"])
 
-    # Chains: a cascade cell's jobs (or a suite's components) attack what the previous one left
-    # unbroken, so they run in order; different chains are independent.
-    chains = plan_chains(jobs, lambda j: correct[j.defense.key], s.evaluation.cascade)
-    executor = executor or LocalExecutor()
-    ctx = RunContext(s, dev, data, clean_pred, target.weights_sha256, data_fp, defended, progress)
-    try:
-        executor.run(ctx, chains, finished, store)
-    finally:
-        executor.close()
-    records = [(j, finished[j.key]) for j in jobs]
 
+def identity(p: Prepared) -> dict[str, Any]:
+    return {"weights_sha256": p.target.weights_sha256, "data_fingerprint": p.data_fp,
+            "clean_pred": {k: v.tolist() for k, v in p.clean_pred.items()}}
+
+
+def chain_groups(jobs: list[Job], cascade: bool) -> list[list[Job]]:
+    """Group ``jobs`` into chains, keeping job order within each: with ``cascade`` every
+    (defense, norm, eps) cell is one chain; otherwise each suite's components at one eps form a
+    chain and every other job is a chain of its own."""
+    groups: dict[Any, list[Job]] = {}
+    for i, job in enumerate(jobs):
+        cell = (job.defense.key, job.attack.norm.value, job.eps)
+        if cascade:
+            group: Any = cell
+        elif job.suite is not None:
+            group = (cell, job.suite)
+        else:
+            group = i
+        groups.setdefault(group, []).append(job)
+    return list(groups.values())
+
+
+def plan(s: Scenario, p: Prepared) -> list[Chain]:
+    """Chains: a cascade cell's jobs (or a suite's components) attack what the previous one left
+    unbroken, so they run in order; different chains are independent. Each chain starts on the
+    defense's clean-correct samples."""
+    p.jobs = expand_jobs(s, p.target.weights_sha256, p.data_fp)
+    correct = p.correct
+    return [Chain(js, correct[js[0].defense.key])
+            for js in chain_groups(p.jobs, s.evaluation.cascade)]
+
+
+def run_planned_job(p: Prepared, job: Job, mask: torch.Tensor, bar: Any = None
+                    ) -> dict[str, Any]:
+    """One job with the prepared state; its examples travel as ``_files`` for the driver."""
+    from .core.driver import FILES
+
+    rec = run_job(job, p.defended[job.defense.key], p.data, mask, p.clean_pred[job.defense.key],
+                  p.scenario, p.device, bar, p.batch)
+    npz = examples_npz(rec, p.data, p.clean_pred[job.defense.key])
+    if job.check is not None:
+        rec["check"] = job.check
+    elif npz is not None:
+        rec[FILES] = {f"examples/{job.job_id}.npz": npz}
+    return rec
+
+
+def build_scorecard(state: RunState) -> Scorecard:
+    """The rows, the worst case, the validity checks (running their extra jobs) and the side
+    file of per-sample outcomes."""
+    from .store import atomic_write_json
+
+    s: Scenario = state.scenario
+    p: Prepared = state.prepared
+    data, records = p.data, state.records
+    clean_acc = {r.defense: r.accuracy for r in p.clean_rows}
     rows, suite_samples = _rows_with_suites(records, data, clean_acc, s)
     worst = _worst_case(records, data, s)
-    extra = _run_extra_jobs(s, records, rows, defended, data, correct, clean_pred, dev,
-                            jobs_dir, resume, _job_context(s, target.weights_sha256, data_fp))
-    reused += sum(1 for _, rec in extra if rec.get("_reused"))
+    extra = _run_extra_jobs(state, records)
+    reused = state.reused + sum(1 for _, _, again in extra if again)
     robust_by_job = {j.job_id: r["robust"] for j, r in records}
     robust_by_job.update({k: v["robust"] for k, v in suite_samples.items()})
-    checks = run_row_checks(rows) + checks + evaluate_extra_jobs(s, extra) + \
+    checks = run_row_checks(rows) + p.probe_checks + \
+        evaluate_extra_jobs(s, [(ej, rec) for ej, rec, _ in extra]) + \
         check_adaptive(rows, robust_by_job)
 
     samples: dict[str, Any] = {
         "schema_version": 1, "n": len(data), "labels": data.y.tolist(),
-        "clean_pred": {k: v.tolist() for k, v in clean_pred.items()},
+        "clean_pred": {k: v.tolist() for k, v in p.clean_pred.items()},
         "jobs": {j.job_id: {"robust": r["robust"], "adv_pred": r["adv_pred"],
                             "perturbation": r["perturbation"],
                             "attacked": r["attacked"]} for j, r in records}}
     samples["jobs"].update(suite_samples)
-    atomic_write_json(out_dir / "samples.json", samples)
+    atomic_write_json(state.out / "samples.json", samples)
 
-    end = dt.datetime.now(dt.UTC)
+    t = p.target
     prov = Provenance(
-        arange_version=__version__, git_sha=_git_sha(), python=sys.version.split()[0],
-        platform=platform.platform(), torch_version=torch.__version__, libraries=_libraries(),
-        device=str(dev), seed=s.seed, started=started.isoformat(), finished=end.isoformat(),
-        seconds=round(time.perf_counter() - t_start, 3), weights_source=target.weights_source,
-        weights_sha256=target.weights_sha256, model_info=target.model_info,
-        dataset=data.name, dataset_fingerprint=data_fp,
-        scenario_path=str(scenario_path) if scenario_path else None,
+        **state.environment(), weights_source=t.weights_source,
+        weights_sha256=t.weights_sha256, model_info=t.model_info,
+        dataset=data.name, dataset_fingerprint=p.data_fp, scenario_path=state.scenario_path,
         scenario=s.model_dump(mode="json"), jobs_reused=reused,
-        defenses={k: v.info for k, v in defended.items()})
-    card = Scorecard(task=s.task, name=s.name, provenance=prov, clean=clean_rows, results=rows,
-                     worst_case=worst, checks=checks,
+        defenses={k: v.info for k, v in p.defended.items()})
+    return Scorecard(task=s.task, name=s.name, provenance=prov, clean=p.clean_rows,
+                     results=rows, worst_case=worst, checks=checks,
                      files={"samples": "samples.json", "examples": "examples"})
-    card.save(out_dir / "scorecard.json")
+
+
+def run_scenario(s: Scenario, out: str | Path | None = None, **options: Any) -> Scorecard:
+    """Run ``s`` through the driver (:func:`arange.core.driver.run`)."""
+    from .core.driver import run
+
+    card: Scorecard = run(s, out, **options)
     return card
 
 
@@ -612,35 +639,27 @@ def _suite_row(group: list[tuple[Job, dict[str, Any]]], data: ImageDataset, clea
                  "perturbation": pert.tolist(), "attacked": attacked.tolist()}
 
 
-def _run_extra_jobs(s: Scenario, records: list[tuple[Job, dict[str, Any]]],
-                    rows: list[ResultRow], defended: dict[str, Defended], data: ImageDataset,
-                    correct: dict[str, torch.Tensor], clean_pred: dict[str, torch.Tensor],
-                    dev: torch.device, jobs_dir: Path, resume: bool, context: dict[str, Any]
-                    ) -> list[tuple[ExtraJob, dict[str, Any]]]:
+def _run_extra_jobs(state: RunState, records: list[tuple[Job, dict[str, Any]]]
+                    ) -> list[tuple[ExtraJob, dict[str, Any], bool]]:
     """Run the attack jobs that validity checks need (a large-eps sanity run, a re-run with more
     steps), on a subset of samples, through the same path as every other job; they are labelled
-    ``check-...`` in ``jobs/`` and resume like the others."""
+    ``check-...`` in ``jobs/`` and resume like the others. (job, record, reused) each."""
+    s: Scenario = state.scenario
+    p: Prepared = state.prepared
+    data = p.data
     plan = plan_extra_jobs(s, [(j.defense, j.attack, j.eps, r) for j, r in records
-                               if j.suite is None and j.adaptive is None], data.y, correct,
+                               if j.suite is None and j.adaptive is None], data.y, p.correct,
                            int(data.x[0].numel()))
     if plan:
         log.info("validity checks: %d extra job(s) on at most %d samples each", len(plan),
                  s.evaluation.checks.samples)
+    context = _job_context(s, p.target.weights_sha256, p.data_fp)
     done = []
     for ej in plan:
-        key = _content_key({**context, **ej.key_material})
-        job = Job(ej.defense, ej.attack, ej.eps, key, fp32=ej.check == AUTOCAST)
-        path = jobs_dir / f"{job.job_id}.json"
-        rec = _load_job(path, key) if resume else None
-        if rec is None:
-            rec = run_job(job, defended[ej.defense.key], data, ej.mask,
-                          clean_pred[ej.defense.key], s, dev)
-            rec.pop("_examples", None)
-            rec["check"] = ej.check
-            atomic_write_json(path, rec)
-        else:
-            rec["_reused"] = True  # counted in provenance.jobs_reused; never written back
-        done.append((ej, rec))
+        key = content_key({**context, **ej.key_material})
+        job = Job(ej.defense, ej.attack, ej.eps, key, fp32=ej.check == AUTOCAST, check=ej.check)
+        rec, reused = state.run_local(job, ej.mask)
+        done.append((ej, rec, reused))
     return done
 
 

@@ -233,10 +233,6 @@ class Scenario(_Strict):
     def _defenses(cls, v: Any) -> Any:
         return [_defense_shorthand(d) for d in v] if isinstance(v, list) else v
 
-    # -- helpers used by the runner
-    def eps_labels(self) -> dict[float, str]:
-        return {e: format_eps(e) for a in self.attacks for e in a.eps}
-
 
 # ---------------------------------------------------------------------------- loading
 
@@ -264,22 +260,40 @@ def load_scenario(path: str | Path) -> Any:
 def scenario_from_dict(raw: Any, source: str = "<scenario>",
                        base_dir: Path | None = None) -> Any:
     """Validate a parsed scenario mapping; returns a :class:`Scenario` for classification or the
-    task's own scenario model for other tasks (see :mod:`arange.tasks`)."""
+    task's own scenario model for other tasks (see :mod:`arange.core.task`)."""
     if raw is None:
         raise ScenarioError(f"{source}: the file is empty; see scenarios/pgd_resnet.yaml")
     if not isinstance(raw, dict):
         raise ScenarioError(f"{source}: the top level must be a mapping of fields "
                             f"(name, target, attacks, ...), got {type(raw).__name__}")
     task = raw.get("task", "classification")
-    if task != "classification":
-        from .tasks import TASKS, get_task
-        try:
-            plugin = get_task(str(task))
-        except RegistryError as e:
-            names = ["classification", *TASKS.names()]
-            raise ScenarioError(f"{source}: task: unknown task {task!r}{suggest(str(task), names)}"
-                                f" (available: {', '.join(names)})") from e
-        return plugin.load(raw, source, base_dir)  # type: ignore[no-any-return]
+    from .core.task import get_task, task_names
+    try:
+        plugin = get_task(str(task))
+    except RegistryError as e:
+        names = task_names()
+        raise ScenarioError(f"{source}: task: unknown task {task!r}{suggest(str(task), names)}"
+                            f" (available: {', '.join(names)})") from e
+    scenario = plugin.load(raw, source, base_dir)
+    check_gates(scenario, source)
+    return scenario
+
+
+def check_gates(scenario: Any, source: str) -> None:
+    """The scenario's gate rules through the one rule validator ``arange gate`` uses, so a
+    rule that validates is a rule the gate can evaluate."""
+    from .gates import GateError, rules_from_list
+
+    raw = [g.model_dump(mode="json", exclude_none=True) for g in scenario.gates]
+    try:
+        rules_from_list(raw, scenario.task, f"{source}: gates")
+    except GateError as e:
+        raise ScenarioError(str(e)) from e
+
+
+def load_classification_scenario(raw: dict[str, Any], source: str = "<scenario>",
+                                 base_dir: Path | None = None) -> Scenario:
+    """The ``classification`` task's loader: validate ``raw`` as a :class:`Scenario`."""
     try:
         scenario = Scenario.model_validate(raw)
     except ValidationError as e:
@@ -331,7 +345,7 @@ _Task = typing.TypeVar("_Task", bound=BaseModel)
 def load_task_scenario(model: type[_Task], raw: dict[str, Any], source: str,
                        base_dir: Path | None,
                        validate: Callable[[_Task, str], None]) -> _Task:
-    """The loader of a task's scenario (:class:`arange.tasks.Task`): validate ``raw`` as
+    """The loader of a task's scenario (:class:`arange.core.task.Task`): validate ``raw`` as
     ``model`` (whose ``target.dataset.options`` may hold a ``root`` relative to the file), then
     run the task's semantic checks ``validate(scenario, source)``."""
     try:

@@ -7,19 +7,13 @@ referenced from ``files``.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import platform
-import sys
-import time
 from collections.abc import Iterable
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from . import __version__
 from .errors import ArangeError
 from .store import atomic_write_text
 
@@ -89,7 +83,7 @@ class Check(_Model):
 
 class RunProvenance(_Model):
     """What every task's provenance starts with: the software, the machine, the seed and the
-    clock (built by :func:`run_environment`)."""
+    clock (built by :func:`arange.core.driver.run_environment`)."""
 
     arange_version: str
     git_sha: str | None
@@ -171,32 +165,39 @@ class Scorecard(ScorecardBase):
         raise KeyError(f"no result for attack={attack!r} eps={eps} defense={defense!r}")
 
 
-def run_environment(device: object, seed: int, started: dt.datetime, t_start: float,
-                    libraries: Iterable[str]) -> dict[str, Any]:
-    """The :class:`RunProvenance` fields of a run that began at ``started`` (wall clock) and
-    ``t_start`` (:func:`time.perf_counter`) and finishes now; ``libraries``: the distributions
-    whose installed versions are recorded (those not installed are left out)."""
-    import torch
-
-    from .runner import _git_sha
-
-    libs = {}
-    for name in libraries:
-        try:
-            libs[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return {"arange_version": __version__, "git_sha": _git_sha(),
-            "python": sys.version.split()[0], "platform": platform.platform(),
-            "torch_version": torch.__version__, "libraries": libs, "device": str(device),
-            "seed": seed, "started": started.isoformat(),
-            "finished": dt.datetime.now(dt.UTC).isoformat(),
-            "seconds": round(time.perf_counter() - t_start, 3)}
-
-
 def format_checks(checks: Iterable[Check]) -> list[str]:
     """The closing lines of a terminal summary: one per evaluation-validity check."""
     return ["", "checks:", *(f"  [{c.status:>4}] {c.name}: {c.message}" for c in checks)]
+
+
+def format_summary(card: object) -> str:
+    """A plain-text robustness table for the terminal."""
+    if not isinstance(card, Scorecard):
+        raise TypeError(f"not a classification scorecard: {type(card).__name__}")
+    lines = [(f"{card.name}: {card.provenance.dataset} ({card.clean[0].n} samples), "
+              f"device {card.provenance.device}, {card.provenance.seconds:.1f}s")]
+    for c in card.clean:
+        lo, hi = c.accuracy_ci
+        lines.append(f"clean accuracy [{c.defense}]: {c.accuracy:.3f} (95% CI {lo:.3f}-{hi:.3f})")
+    header = f"{'defense':<12} {'attack':<20} {'norm':<5} {'eps':>8} {'robust acc':>10} " \
+             f"{'95% CI':>13} {'success':>8} {'max pert':>9} {'secs':>7}"
+    lines += ["", header, "-" * len(header)]
+    for r in card.results:
+        lo, hi = r.robust_accuracy_ci
+        mark = " unreliable" if r.unreliable else ""
+        lines.append(f"{r.defense:<12} {r.attack:<20} {r.norm:<5} {r.eps_label:>8} "
+                     f"{r.robust_accuracy:>10.3f} {f'{lo:.3f}-{hi:.3f}':>13} "
+                     f"{r.attack_success_rate:>8.3f} {r.perturbation_max:>9.4f} "
+                     f"{r.seconds:>7.1f}{mark}")
+    if any(r.unreliable for r in card.results):
+        lines.append("unreliable: an adaptive attack (BPDA/EOT, the '+' rows) does significantly "
+                     "better on the same samples; see the 'adaptive' checks")
+    for w in card.worst_case:
+        lo, hi = w.robust_accuracy_ci
+        lines.append(f"{w.defense:<12} {'worst case':<20} {w.norm:<5} {w.eps_label:>8} "
+                     f"{w.robust_accuracy:>10.3f} {f'{lo:.3f}-{hi:.3f}':>13}")
+    lines += format_checks(card.checks)
+    return "\n".join(lines)
 
 
 _Card = TypeVar("_Card", bound=BaseModel)

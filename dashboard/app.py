@@ -7,6 +7,7 @@ The runs folder comes from the ``ARANGE_DASHBOARD_RUNS`` environment variable (d
 from __future__ import annotations
 
 import streamlit as st
+
 from arange.dashboard.views import main
 
 st.set_page_config(page_title="arange dashboard", layout="wide")

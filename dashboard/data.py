@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,23 +216,34 @@ def read_scorecard(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+# Per task: the list of length n that names the samples, and the per-job lists of length n the
+# pages read (the shapes the runners write in samples.json).
+SAMPLE_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "classification": ("labels", ("robust",)),
+    "hash_matching": ("ids", ("success", "claimed", "png", "distance", "ssim")),
+    "forgery_localization": ("ids", ()),
+}
+
+
 def read_samples(run: Run) -> dict[str, Any]:
     """The per-sample side file (``samples.json``), checked for the fields the pages use."""
     path = run.file("samples", SAMPLES)
     raw = _read_json(path, "per-sample outcomes (samples.json)")
     if not isinstance(raw, dict):
         raise RunDataError(f"{path}: not an arange samples file (top level is not an object)")
+    names, per_job = SAMPLE_FIELDS.get(run.task, ("labels", ()))
     n = raw.get("n")
-    labels = raw.get("labels")
+    listed = raw.get(names)
     jobs = raw.get("jobs")
-    if not isinstance(n, int) or not isinstance(labels, list) or len(labels) != n \
+    if not isinstance(n, int) or not isinstance(listed, list) or len(listed) != n \
             or not isinstance(jobs, dict):
-        raise RunDataError(f"{path}: damaged samples file (needs n, labels of length n and "
+        raise RunDataError(f"{path}: damaged samples file (needs n, {names} of length n and "
                            "jobs); run the scenario again to rewrite it")
     for job_id, rec in jobs.items():
-        robust = rec.get("robust") if isinstance(rec, dict) else None
-        if not isinstance(robust, list) or len(robust) != n:
-            raise RunDataError(f"{path}: jobs.{job_id}.robust: missing or not {n} values")
+        for key in per_job:
+            values = rec.get(key) if isinstance(rec, dict) else None
+            if not isinstance(values, list) or len(values) != n:
+                raise RunDataError(f"{path}: jobs.{job_id}.{key}: missing or not {n} values")
     return raw
 
 
@@ -341,6 +351,14 @@ def read_gates(run: Run) -> GateInfo:
 
 # ---------------------------------------------------------------------------- summaries
 
+def pick(row: dict[str, Any], *names: str) -> Any:
+    """The first of ``names`` that ``row`` holds a value for."""
+    for name in names:
+        if name in row and row[name] is not None:
+            return row[name]
+    return None
+
+
 def rows_of(card: dict[str, Any] | None, key: str) -> list[dict[str, Any]]:
     """``card[key]`` as a list of dicts (anything else is dropped)."""
     value = card.get(key) if isinstance(card, dict) else None
@@ -416,23 +434,8 @@ def classification_headline(card: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def headline(run: Run) -> dict[str, Any]:
-    """The few numbers the runs table shows for a run (task-specific)."""
-    if not run.card:
-        return {}
-    if run.task == "classification":
-        return classification_headline(run.card)
-    if run.task == "hash_matching":
-        from .hash_view import hash_headline
-        return hash_headline(run.card)
-    if run.task == "forgery_localization":
-        from .forensics_view import forensics_headline
-        return forensics_headline(run.card)
-    return {}
-
-
-def summary_row(run: Run) -> dict[str, Any]:
-    """One row of the runs table."""
+def summary_row(run: Run, headline: dict[str, Any]) -> dict[str, Any]:
+    """One row of the runs table; ``headline``: the task's few numbers for it."""
     when = started(run)
     row: dict[str, Any] = {
         "run": run.run_id,
@@ -445,7 +448,7 @@ def summary_row(run: Run) -> dict[str, Any]:
         "status": "ok" if run.ok else "unreadable",
     }
     if run.ok and run.card is not None:
-        h = headline(run)
+        h = headline
         row["headline"] = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{v}"
                                     for k, v in h.items() if v not in (None, ""))
         counts = check_counts(run.card)
@@ -457,10 +460,3 @@ def summary_row(run: Run) -> dict[str, Any]:
         row["checks warned"] = None
     return row
 
-
-def eps_sorted(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted(rows, key=lambda r: (number(r.get("eps")) or 0.0))
-
-
-def iter_results(card: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield from rows_of(card, "results")

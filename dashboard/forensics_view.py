@@ -23,8 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .data import Run, RunDataError, example_file, interval, number, rows_of
-from .hash_view import pick
+from .data import Run, RunDataError, example_file, interval, number, pick, rows_of
 
 TASK = "forgery_localization"
 NO_DATA = "no data of this kind"
@@ -114,7 +113,7 @@ def render(run: Run) -> None:
     import streamlit as st
 
     from . import charts
-    from .views import show_table
+    from .tables import show_table
 
     card = run.card or {}
     st.subheader(f"Forgery localisation: {run.name}")
@@ -123,6 +122,9 @@ def render(run: Run) -> None:
     if not rows and not rob:
         st.info(f"{NO_DATA}: this scorecard has no per-inpainter AUC/F1 or robustness rows.")
         return
+    head = forensics_headline(card)
+    if head:
+        st.metric("Lowest pixel AUC", f"{head['lowest AUC']:.3f}", help=head["where"])
     st.markdown("#### Per-inpainter AUC and F1 (seen inpainters were in the detector's "
                 "training data; unseen ones test generalisation)")
     if rows:

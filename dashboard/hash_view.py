@@ -1,156 +1,112 @@
-"""Views for perceptual-hash evasion runs (``task: hash_matching``).
+"""Views for perceptual-hash runs (``task: hash_matching``).
 
-The dashboard reads these scorecards defensively: every field below is optional, aliases in
-parentheses are accepted, and a view whose fields are missing shows "no data of this kind"
-instead of failing. Expected fields:
-
-``results`` - one row per (defense, attack, budget):
-    ``job_id`` (str, names ``examples/<job_id>.npz``), ``attack``, ``hash`` (``hash_name``,
-    ``algorithm``, ``hasher``), ``defense``, ``norm``, ``eps`` (``budget``), ``eps_label``,
-    ``n``, ``evasion_rate`` (``success_rate``, ``attack_success_rate``), ``evasion_rate_ci``
-    ``[lo, hi]`` (``success_rate_ci``), ``queries_mean`` (``queries``), ``max_queries``
-    (``query_budget``), ``hamming_mean``, ``ssim_mean``, ``threshold`` (the matcher's Hamming
-    threshold) and ``evasion_vs_queries`` (``query_curve``): a list of
-    ``{"queries": int, "evasion_rate": float}``.
-
-``threshold_tradeoff`` (``tradeoff``, ``roc``) - top level, or inside a result row: a list of
-    ``{"hash", "threshold", "fpr", "evasion_rate"}`` (evasion rate of the attack against the
-    matcher's false-positive rate on benign pairs as the threshold moves).
-
-``examples/<job_id>.npz`` - ``original`` (``clean``) and ``adv`` (``evading``) uint8 NCHW,
-    optional ``hamming``, ``ssim`` (computed from the images when absent), ``queries`` and
-    ``evaded`` (bool), one value per example.
+They read what the hash runner writes, through the same model: the scorecard is validated as
+:class:`arange.hashing.scorecard.HashScorecard` (a file that does not fit is one clear error on
+the page, never silently empty rows), and the galleries come from ``samples.json`` (per image:
+the verified outcome, Hamming distance, SSIM, queries and the PNG the reference library
+re-hashed) and ``images/original/``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from .data import Run, RunDataError, example_file, interval, number, rows_of
+from .data import Run, RunDataError, read_samples
+
+if TYPE_CHECKING:
+    from arange.hashing.scorecard import HashScorecard
 
 TASK = "hash_matching"
 NO_DATA = "no data of this kind"
 
 
-def pick(row: dict[str, Any], *names: str) -> Any:
-    for name in names:
-        if name in row and row[name] is not None:
-            return row[name]
-    return None
+def typed(card: dict[str, Any], source: str = "scorecard.json") -> HashScorecard:
+    """The scorecard as the runner's own model; a mismatch is a :class:`RunDataError`."""
+    from pydantic import ValidationError
+
+    from arange.hashing.scorecard import HashScorecard
+
+    try:
+        return HashScorecard.model_validate(card)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise RunDataError(f"{source}: not a hash_matching scorecard of this arange: {loc}: "
+                           f"{first['msg']}") from e
 
 
 def hash_rows(card: dict[str, Any]) -> list[dict[str, Any]]:
-    """Result rows normalised to the names above (rows without an evasion rate are dropped)."""
+    """One row per result (attack x eps x threshold): the verified success rate with its CI and
+    how many fast-path claims the reference library rejected."""
+    c = typed(card)
     out = []
-    for r in rows_of(card, "results"):
-        rate = number(pick(r, "evasion_rate", "success_rate", "attack_success_rate"))
-        if rate is None:
-            continue
-        ci = interval(pick(r, "evasion_rate_ci", "success_rate_ci"))
-        eps = number(pick(r, "eps", "budget"))
-        out.append({
-            "job_id": str(r.get("job_id", "")),
-            "attack": str(r.get("attack", "?")),
-            "hash": str(pick(r, "hash", "hash_name", "algorithm", "hasher") or "?"),
-            "defense": str(r.get("defense", "none")),
-            "norm": str(r.get("norm", "")),
-            "eps": eps,
-            "eps_label": str(r.get("eps_label") or (f"{eps:.4g}" if eps is not None else "")),
-            "n": number(r.get("n")),
-            "evasion_rate": rate,
-            "ci_lo": ci[0] if ci else None,
-            "ci_hi": ci[1] if ci else None,
-            "queries_mean": number(pick(r, "queries_mean", "queries")),
-            "max_queries": number(pick(r, "max_queries", "query_budget")),
-            "hamming_mean": number(r.get("hamming_mean")),
-            "ssim_mean": number(r.get("ssim_mean")),
-            "threshold": number(r.get("threshold")),
-            "_row": r,
-        })
+    for r in c.results:
+        ssim = r.distortion["ssim"].mean if "ssim" in r.distortion else None
+        psnr = r.distortion["psnr"].mean if "psnr" in r.distortion else None
+        out.append({"job_id": r.job_id, "attack": r.attack, "goal": r.goal,
+                    "hash": c.matcher.hash, "norm": r.norm, "eps": r.eps,
+                    "eps_label": r.eps_label, "threshold": r.threshold, "n": r.n,
+                    "successes": r.successes, "rate": r.rate, "ci_lo": r.rate_ci[0],
+                    "ci_hi": r.rate_ci[1], "claimed": r.claimed, "rejected": r.rejected,
+                    "queries_median": r.queries_median, "max_queries": r.max_queries,
+                    "ssim_mean": ssim, "psnr_mean": psnr, "fpr": r.fpr_at_threshold,
+                    "budget_violations": r.budget_violations})
     return out
 
 
 def query_curve_rows(card: dict[str, Any]) -> list[dict[str, Any]]:
-    """Evasion rate vs queries: the rows' curves, else one point per row (mean queries)."""
-    out = []
-    for r in hash_rows(card):
-        curve = pick(r["_row"], "evasion_vs_queries", "query_curve")
-        series = f"{r['attack']} {r['eps_label']} ({r['hash']})"
-        if isinstance(curve, list):
-            for p in curve:
-                q = number(p.get("queries")) if isinstance(p, dict) else None
-                e = number(p.get("evasion_rate")) if isinstance(p, dict) else None
-                if q is not None and e is not None:
-                    out.append({"series": series, "queries": q, "evasion_rate": e})
-    if out:
-        return out
-    for r in hash_rows(card):
-        if r["queries_mean"] is not None:
-            out.append({"series": f"{r['attack']} ({r['hash']})", "queries": r["queries_mean"],
-                        "evasion_rate": r["evasion_rate"], "eps": r["eps_label"]})
-    return out
+    """Verified success rate vs query budget (black-box rows)."""
+    return [{"series": f"{r.attack} {r.eps_label} t{r.threshold}", "queries": p.queries,
+             "rate": p.rate, "ci_lo": p.rate_ci[0], "ci_hi": p.rate_ci[1]}
+            for r in typed(card).results for p in r.by_query]
 
 
 def tradeoff_rows(card: dict[str, Any]) -> list[dict[str, Any]]:
-    sources: list[tuple[dict[str, Any], Any]] = []
-    top = pick(card, "threshold_tradeoff", "tradeoff", "roc")
-    if isinstance(top, list):
-        sources.append(({}, top))
-    for r in rows_of(card, "results"):
-        inner = pick(r, "threshold_tradeoff", "tradeoff", "roc")
-        if isinstance(inner, list):
-            sources.append((r, inner))
-    out = []
-    for parent, points in sources:
-        for p in points:
-            if not isinstance(p, dict):
-                continue
-            fpr, ev = number(p.get("fpr")), number(pick(p, "evasion_rate", "evasion"))
-            if fpr is None or ev is None:
-                continue
-            name = pick(p, "hash", "hash_name", "algorithm") or \
-                pick(parent, "hash", "hash_name", "algorithm") or "?"
-            attack = p.get("attack") or parent.get("attack")
-            series = f"{name}" + (f" / {attack} {parent.get('eps_label', '')}".rstrip()
-                                  if attack else "")
-            out.append({"series": series, "fpr": fpr, "evasion_rate": ev,
-                        "threshold": number(p.get("threshold"))})
-    return out
+    """Per threshold: the false-positive rate on benign pairs next to each attack's success."""
+    return [{"series": series, "threshold": s.threshold, "fpr": s.fpr, "rate": rate,
+             "clean_detection": s.clean_detection}
+            for s in typed(card).sweep for series, rate in s.success.items()]
+
+
+def fpr_rows(card: dict[str, Any]) -> list[dict[str, Any]]:
+    """The matcher's false-positive rate at each of its thresholds, with the pairs behind it."""
+    c = typed(card)
+    curve = next((f for f in c.fpr if f.hash == c.matcher.hash), None)
+    if curve is None:
+        return []
+    return [{"threshold": p.threshold, "fpr": p.fpr, "ci_lo": p.fpr_ci[0], "ci_hi": p.fpr_ci[1],
+             "false_positives": p.false_positives, "pairs": curve.n_pairs}
+            for p in curve.points if p.threshold in c.matcher.thresholds]
 
 
 def hash_headline(card: dict[str, Any]) -> dict[str, Any]:
     rows = hash_rows(card)
     if not rows:
         return {}
-    top = max(rows, key=lambda r: r["evasion_rate"])
-    return {"highest evasion rate": top["evasion_rate"],
-            "where": f"{top['attack']} @ {top['eps_label']} ({top['hash']})"}
+    top = max(rows, key=lambda r: r["rate"])
+    return {"highest success rate": top["rate"],
+            "where": f"{top['attack']} ({top['goal']}) @ {top['eps_label']}, threshold "
+                     f"{top['threshold']} ({top['hash']})"}
 
 
-def hash_examples(arrays: dict[str, Any], source: str) -> list[dict[str, Any]]:
-    """Per-example original/evading images with Hamming distance, SSIM and queries."""
-    from .images import ssim
-
-    orig = pick(arrays, "original", "clean")
-    adv = pick(arrays, "adv", "evading")
-    if orig is None or adv is None:
-        raise RunDataError(f"{source}: the example file has no original/adv images")
-    if len(orig) != len(adv):
-        raise RunDataError(f"{source}: original and adv hold different numbers of images")
-
-    def value(key: str, i: int) -> float | None:
-        a = arrays.get(key)
-        return number(a[i].item()) if a is not None and len(a) > i else None
-
+def hash_examples(run: Run, job_id: str, limit: int = 12) -> list[dict[str, Any]]:
+    """Images of one job that have a saved PNG (every candidate success), verified ones first:
+    the original, the PNG the reference library re-hashed, and the per-image facts."""
+    samples = read_samples(run)
+    job = samples.get("jobs", {}).get(job_id)
+    if not isinstance(job, dict):
+        raise RunDataError(f"{run.path / 'samples.json'}: no outcomes for job {job_id!r}")
+    originals = samples.get("originals", [])
+    order = sorted((i for i, p in enumerate(job["png"]) if p),
+                   key=lambda i: (not job["success"][i], i))
     out = []
-    for i in range(len(orig)):
-        s = value("ssim", i)
-        evaded = arrays.get("evaded")
-        out.append({"original": orig[i], "adv": adv[i], "hamming": value("hamming", i),
-                    "ssim": s if s is not None else ssim(orig[i], adv[i]),
-                    "queries": value("queries", i),
-                    "evaded": bool(evaded[i]) if evaded is not None and len(evaded) > i
-                    else None})
+    for i in order[:limit]:
+        out.append({"index": i, "id": samples["ids"][i],
+                    "original": run.path / originals[i] if i < len(originals) else None,
+                    "adv": run.path / job["png"][i], "success": bool(job["success"][i]),
+                    "claimed": bool(job["claimed"][i]), "distance": job["distance"][i],
+                    "ssim": job["ssim"][i], "queries": (job["queries"] or [None] * (i + 1))[i]})
     return out
 
 
@@ -160,73 +116,77 @@ def render(run: Run) -> None:
     import streamlit as st
 
     from . import charts
-    from .views import show_table
+    from .tables import show_table
 
     card = run.card or {}
-    st.subheader(f"Hash evasion: {run.name}")
+    c = typed(card, str(run.path / "scorecard.json"))
+    m = c.matcher
+    st.subheader(f"Hash matching: {run.name}")
+    st.caption(f"{m.reference}; database of {m.database_size} images; thresholds "
+               f"{', '.join(str(t) for t in m.thresholds)} of {m.bits} bits. Every success is "
+               "re-verified by the reference library on the saved PNG.")
     rows = hash_rows(card)
     if not rows:
-        st.info(f"{NO_DATA}: this scorecard has no hash evasion results (rows with an "
-                "evasion_rate).")
+        st.info(f"{NO_DATA}: this scorecard has no attack results.")
         return
-    st.markdown("#### Evasion rate vs budget")
-    budget = [r for r in rows if r["eps"] is not None]
-    if budget:
-        points = [{k: v for k, v in r.items() if k != "_row"} |
-                  {"series": f"{r['attack']} ({r['hash']})",
-                   "eps": r["eps"] * charts.eps_axis(r["norm"])[0]} for r in budget]
-        st.altair_chart(charts.curve_chart(
-            points, x="eps", y="evasion_rate", color="series", lo="ci_lo", hi="ci_hi",
-            facet="defense", x_title=charts.mixed_eps_title({r["norm"] for r in budget}),
-            y_title="evasion rate",
-            tooltip=["series", "eps_label", "evasion_rate", "ci_lo", "ci_hi", "n"]),
-            width="stretch")
-    else:
-        st.info(f"{NO_DATA}: no result row states its budget (eps).")
-    st.markdown("#### Evasion rate vs queries")
+    cols = st.columns(3)
+    head = hash_headline(card)
+    cols[0].metric("Highest success rate", f"{head['highest success rate']:.3f}",
+                   help=head["where"])
+    cols[1].metric("Fast-path claims rejected", sum(r["rejected"] for r in rows))
+    det = min((d.rate for d in c.detection), default=None)
+    cols[2].metric("Clean detection (lowest)", f"{det:.3f}" if det is not None else "-")
+    st.markdown("#### Results (verified by the reference library)")
+    show_table([{k: r[k] for k in ("attack", "goal", "norm", "eps_label", "threshold", "n",
+                                   "successes", "rate", "ci_lo", "ci_hi", "claimed", "rejected",
+                                   "queries_median", "ssim_mean", "psnr_mean", "fpr")}
+                for r in rows])
+    st.markdown("#### Success vs budget")
+    points = [r | {"series": f"{r['attack']} t{r['threshold']}",
+                   "eps": r["eps"] * charts.eps_axis(r["norm"])[0]} for r in rows]
+    st.altair_chart(charts.curve_chart(
+        points, x="eps", y="rate", color="series", lo="ci_lo", hi="ci_hi",
+        x_title=charts.mixed_eps_title({r["norm"] for r in rows}), y_title="success rate",
+        tooltip=["series", "eps_label", "rate", "ci_lo", "ci_hi", "n"]), width="stretch")
     qrows = query_curve_rows(card)
+    st.markdown("#### Success vs queries (black-box)")
     if qrows:
-        st.altair_chart(charts.curve_chart(qrows, x="queries", y="evasion_rate", color="series",
-                                           x_title="queries", y_title="evasion rate"),
-                        width="stretch")
+        st.altair_chart(charts.curve_chart(qrows, x="queries", y="rate", color="series",
+                                           lo="ci_lo", hi="ci_hi", x_title="queries",
+                                           y_title="success rate"), width="stretch")
     else:
-        st.info(f"{NO_DATA}: no query counts recorded (white-box attacks need none).")
-    st.markdown("#### Threshold trade-off: evasion vs false-positive rate")
+        st.info(f"{NO_DATA}: no black-box attack in this run.")
+    st.markdown("#### Threshold trade-off: success vs false-positive rate")
+    show_table(fpr_rows(card))
     trows = tradeoff_rows(card)
     if trows:
-        st.altair_chart(charts.curve_chart(trows, x="fpr", y="evasion_rate", color="series",
+        st.altair_chart(charts.curve_chart(trows, x="fpr", y="rate", color="series",
                                            x_title="false-positive rate on benign pairs",
-                                           y_title="evasion rate",
-                                           tooltip=["series", "threshold", "fpr",
-                                                    "evasion_rate"]), width="stretch")
-    else:
-        st.info(f"{NO_DATA}: the scorecard has no threshold trade-off.")
-    st.markdown("#### Results")
-    show_table([{k: v for k, v in r.items() if k not in ("_row", "ci_lo", "ci_hi")}
-                for r in rows])
+                                           y_title="success rate",
+                                           tooltip=["series", "threshold", "fpr", "rate"]),
+                        width="stretch")
 
 
 def render_examples(run: Run, job_id: str) -> None:
     import streamlit as st
 
-    from .images import load_npz, to_display
-
-    path = example_file(run, job_id)
     try:
-        items = hash_examples(load_npz(path), str(path))
+        items = hash_examples(run, job_id)
     except RunDataError as e:
         st.warning(str(e))
         return
-    for i, ex in enumerate(items):
+    if not items:
+        st.info("No image of this job came close to succeeding, so none was saved.")
+        return
+    for ex in items:
         c1, c2, c3 = st.columns([1, 1, 2])
-        c1.image(to_display(ex["original"]), caption="original")
-        c2.image(to_display(ex["adv"]), caption="evading image")
-        facts = []
-        if ex["hamming"] is not None:
-            facts.append(f"Hamming distance **{ex['hamming']:.0f}**")
-        facts.append(f"SSIM **{ex['ssim']:.3f}**")
+        if isinstance(ex["original"], Path) and ex["original"].is_file():
+            c1.image(str(ex["original"]), caption="original")
+        c2.image(str(ex["adv"]), caption="attacked (saved PNG)")
+        facts = [f"Hamming distance **{ex['distance']}**", f"SSIM **{ex['ssim']:.3f}**"]
         if ex["queries"] is not None:
-            facts.append(f"queries **{ex['queries']:.0f}**")
-        if ex["evaded"] is not None:
-            facts.append("**evaded** the matcher" if ex["evaded"] else "still **matched**")
-        c3.markdown(f"Example {i}: " + " · ".join(facts))
+            facts.append(f"queries **{ex['queries']}**")
+        facts.append("**success**, verified by the reference library" if ex["success"]
+                     else "claimed by the fast path, **rejected** by the reference library"
+                     if ex["claimed"] else "no success")
+        c3.markdown(f"{ex['id']}: " + " · ".join(facts))

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from .data import (
 )
 from .images import classification_examples, load_npz, to_display
 from .report import to_html, to_markdown
+from .tables import show_table
 
 log = logging.getLogger("arange.dashboard")
 
@@ -48,7 +50,7 @@ PAGES: dict[str, str] = {
     "scorecard": "Scorecard",
     "examples": "Examples gallery",
     "compare": "Compare runs",
-    "hash": "Hash evasion",
+    "hash": "Hash matching",
     "forensics": "Forgery localisation",
 }
 STATUS_BADGE = {"pass": ":green[**PASS**]", "warn": ":orange[**WARN**]",
@@ -108,12 +110,6 @@ def get_store(root: Path) -> Store:
     return store
 
 
-def show_table(rows: Sequence[dict[str, Any]] | pd.DataFrame | Any, **kwargs: Any) -> None:
-    """A read-only table (rows as dicts, a DataFrame or a pandas Styler)."""
-    data = pd.DataFrame(list(rows)) if isinstance(rows, (list, tuple)) else rows
-    st.dataframe(data, hide_index=True, **kwargs)
-
-
 def _synced_select(label: str, options: list[str], key: str, param: str,
                    container: Any = None, format_func: Callable[[str], str] = str,
                    default: str | None = None) -> str | None:
@@ -171,7 +167,7 @@ def page_runs(store: Store) -> None:
     if not store.runs:
         st.info(empty_store_message(store))
         return
-    rows = [summary_row(r) for r in store.runs]
+    rows = [summary_row(r, headline(r)) for r in store.runs]
     for run, row in zip(store.runs, rows, strict=True):
         h = classification_headline(run.card) if run.card and run.task == "classification" \
             else {}
@@ -369,6 +365,30 @@ def _downloads(run: Run) -> None:
                        mime="text/html", key="dl_html")
 
 
+def render_classification(run: Run) -> None:
+    """The classification scorecard: headline, clean and robust accuracy, all results."""
+    card = run.card or {}
+    counts = check_counts(card)
+    gates = read_gates(run)
+    h = classification_headline(card)
+    m = st.columns(4)
+    m[0].metric("Clean accuracy", f"{h['clean accuracy']:.3f}"
+                if h["clean accuracy"] is not None else "-")
+    m[1].metric("Lowest robust accuracy", f"{h['lowest robust accuracy']:.3f}"
+                if h["lowest robust accuracy"] is not None else "-", help=h["where"])
+    m[2].metric("Checks failed", counts["fail"])
+    m[3].metric("Gates", gates.status)
+    _side_files(run)
+    st.markdown("#### Clean accuracy")
+    show_table([{"defense": c["defense"], "n": c["n"], "accuracy": c["accuracy"],
+                 "95% CI": f"{c['accuracy_ci'][0]:.3f}-{c['accuracy_ci'][1]:.3f}"}
+                for c in rows_of(card, "clean")])
+    st.markdown("#### Robust accuracy")
+    _robustness_charts(card)
+    with st.expander("All results", expanded=False):
+        _results_table(card)
+
+
 def page_scorecard(store: Store, run: Run | None) -> None:
     if run is None:
         st.title("Scorecard")
@@ -380,30 +400,11 @@ def page_scorecard(store: Store, run: Run | None) -> None:
         return
     card = run.card or {}
     _header(run)
-    counts = check_counts(card)
-    gates = read_gates(run)
-    if run.task == "classification":
-        h = classification_headline(card)
-        m = st.columns(4)
-        m[0].metric("Clean accuracy", f"{h['clean accuracy']:.3f}"
-                    if h["clean accuracy"] is not None else "-")
-        m[1].metric("Lowest robust accuracy", f"{h['lowest robust accuracy']:.3f}"
-                    if h["lowest robust accuracy"] is not None else "-", help=h["where"])
-        m[2].metric("Checks failed", counts["fail"])
-        m[3].metric("Gates", gates.status)
-        _side_files(run)
-        st.markdown("#### Clean accuracy")
-        show_table([{"defense": c["defense"], "n": c["n"], "accuracy": c["accuracy"],
-                     "95% CI": f"{c['accuracy_ci'][0]:.3f}-{c['accuracy_ci'][1]:.3f}"}
-                    for c in rows_of(card, "clean")])
-        st.markdown("#### Robust accuracy")
-        _robustness_charts(card)
-        with st.expander("All results", expanded=False):
-            _results_table(card)
-    elif run.task == hash_view.TASK:
-        hash_view.render(run)
-    elif run.task == forensics_view.TASK:
-        forensics_view.render(run)
+    view = TASK_VIEWS.get(run.task)
+    if view is None:
+        st.info(f"No view for task {run.task!r}; the checks and provenance follow.")
+    else:
+        view.render(run)
     _checks(card)
     _gates(run)
     with st.expander("Provenance (resolved scenario, versions, hashes)"):
@@ -422,8 +423,9 @@ def page_examples(store: Store, run: Run | None) -> None:
     card = run.card or {}
     rows = rows_of(card, "results")
     jobs = [str(r.get("job_id")) for r in rows if r.get("job_id")]
+    view = TASK_VIEWS.get(run.task)
     exdir = examples_dir(run)
-    if not exdir.is_dir():
+    if view is not None and view.examples_in_folder and not exdir.is_dir():
         st.warning(f"{exdir}: the examples folder is missing, so there are no images to show "
                    "for this run. Run the scenario again to produce them.")
         return
@@ -434,20 +436,25 @@ def page_examples(store: Store, run: Run | None) -> None:
 
     def fmt(job_id: str) -> str:
         r = by_id.get(job_id, {})
-        label = f"{r.get('attack', '?')} @ {r.get('eps_label', '?')} [{r.get('defense', '?')}]"
-        return label if example_file(run, job_id).is_file() else f"{label} (no images)"
+        where = r.get("defense") or r.get("detector") or (
+            f"threshold {r['threshold']}" if "threshold" in r else "?")
+        label = f"{r.get('attack', r.get('inpainter', '?'))} @ {r.get('eps_label', '-')} " \
+            f"[{where}]"
+        if view is not None and view.examples_in_folder and \
+                not example_file(run, job_id).is_file():
+            label += " (no images)"
+        return label
 
-    job = _synced_select("Job (attack @ eps [defense])", jobs, key="job", param="job",
-                         format_func=fmt)
+    job = _synced_select("Job", jobs, key="job", param="job", format_func=fmt)
     if job is None:
         return
     st.caption(f"Run {run.run_id} · {target_text(run)}")
-    if run.task == hash_view.TASK:
-        hash_view.render_examples(run, job)
-        return
-    if run.task == forensics_view.TASK:
-        forensics_view.render_examples(run, job)
-        return
+    if view is not None:
+        view.render_examples(run, job)
+
+
+def render_classification_examples(run: Run, job: str) -> None:
+    by_id = {str(r.get("job_id")): r for r in rows_of(run.card or {}, "results")}
     path = example_file(run, job)
     if not path.is_file():
         st.warning(f"{path}: no example images for this job (the file is missing; the runner "
@@ -559,7 +566,7 @@ def _task_page(store: Store, run: Run | None, task: str, title: str,
     st.title(title)
     runs = _newest_first([r for r in store.ok_runs() if r.task == task])
     if not runs:
-        st.info(f"{hash_view.NO_DATA}: no readable `{task}` runs in `{store.root}`."
+        st.info(f"no data of this kind: no readable `{task}` runs in `{store.root}`."
                 + ("" if store.runs else " " + empty_store_message(store)))
         return
     ids = [r.run_id for r in runs]
@@ -594,14 +601,49 @@ def main() -> None:
             page_examples(store, run)
         elif page == "compare":
             page_compare(store)
-        elif page == "hash":
-            _task_page(store, run, hash_view.TASK, "Hash evasion", hash_view.render)
-        elif page == "forensics":
-            _task_page(store, run, forensics_view.TASK, "Forgery localisation",
-                       forensics_view.render)
+        else:
+            task = next(t for t, v in TASK_VIEWS.items() if v.page == page)
+            _task_page(store, run, task, TASK_VIEWS[task].title, TASK_VIEWS[task].render)
     except RunDataError as e:
         st.error(str(e))
     except Exception as e:  # the last line of defence: a message in the page, never a trace
         log.exception("dashboard page %r failed", page)
         st.error(f"This page could not be shown ({type(e).__name__}: {e}). The details are in "
                  "the dashboard's log.")
+
+
+# ---------------------------------------------------------------------------- task views
+
+@dataclass(frozen=True)
+class TaskView:
+    """What the dashboard shows for one task: its scorecard section, example gallery, runs-table
+    headline and (for tasks other than classification) its own sidebar page."""
+
+    title: str
+    page: str | None
+    headline: Callable[[dict[str, Any]], dict[str, Any]]
+    render: Callable[[Run], None]
+    render_examples: Callable[[Run, str], None]
+    examples_in_folder: bool  # galleries are ``examples/<job_id>.npz`` files
+
+
+TASK_VIEWS: dict[str, TaskView] = {
+    "classification": TaskView("Scorecard", None, classification_headline,
+                               render_classification, render_classification_examples, True),
+    hash_view.TASK: TaskView("Hash matching", "hash", hash_view.hash_headline, hash_view.render,
+                             hash_view.render_examples, False),
+    forensics_view.TASK: TaskView("Forgery localisation", "forensics",
+                                  forensics_view.forensics_headline, forensics_view.render,
+                                  forensics_view.render_examples, True),
+}
+
+
+def headline(run: Run) -> dict[str, Any]:
+    """The few numbers the runs table shows for a run (the task's own)."""
+    view = TASK_VIEWS.get(run.task)
+    if not run.card or view is None:
+        return {}
+    try:
+        return view.headline(run.card)
+    except RunDataError as e:
+        return {"unreadable": str(e)[:80]}

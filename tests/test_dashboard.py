@@ -1,15 +1,16 @@
 """The dashboard, page by page, on scorecards from real runs (Streamlit's AppTest), plus one
 end-to-end test in a real headless Chromium against ``arange dashboard``.
 
-The store used here holds two real classification runs of the tiny scenario (the session's
-``tiny_run`` and a second run with other attacks and a gate rule), copies of a real run made
-corrupt, old-schema or stripped of its side files, and hand-made hash and forensics scorecards
-shaped as documented at the top of ``dashboard/hash_view.py`` and ``forensics_view.py`` (those
-tasks have no runner in this repository yet).
+The store used here holds only what the runners wrote: two real classification runs of the
+tiny scenario (the session's ``tiny_run`` and a second run with other attacks and a gate rule),
+a real hash-matching run and a real forgery-localisation run (the tiny scenarios of their own
+test modules), and copies of real runs made corrupt, old-schema, stripped of their side files or
+of their result rows.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 from .conftest import ROOT, tiny_scenario
 
@@ -58,70 +60,6 @@ def _images(n: int, size: int = 16, seed: int = 0) -> np.ndarray:
     return np.clip(imgs + rng.normal(0, 4, imgs.shape), 0, 255).astype(np.uint8)
 
 
-def _provenance(scenario: dict[str, Any]) -> dict[str, Any]:
-    return {"arange_version": "0.1.0", "git_sha": None, "started": "2026-01-02T03:04:05+00:00",
-            "device": "cpu", "seed": 0, "seconds": 1.5, "dataset": "fixture",
-            "dataset_fingerprint": "f" * 16, "scenario": scenario}
-
-
-def make_hash_run(folder: Path, with_data: bool = True) -> None:
-    """A hand-made ``hash_matching`` scorecard in the documented shape (see hash_view)."""
-    results = []
-    if with_data:
-        for attack, kind in (("hash-pgd", "white-box"), ("hash-square", "black-box")):
-            for i, (eps, label) in enumerate(((2 / 255, "2/255"), (8 / 255, "8/255"))):
-                rate = 0.2 + 0.3 * i + (0.1 if kind == "white-box" else 0.0)
-                row = {"job_id": f"{attack}-{i}", "attack": attack, "hash": "pdq",
-                       "defense": "none", "norm": "linf", "eps": eps, "eps_label": label,
-                       "n": 40, "evasion_rate": rate,
-                       "evasion_rate_ci": [rate - 0.1, rate + 0.1], "hamming_mean": 40.0 + i,
-                       "ssim_mean": 0.95 - 0.05 * i, "threshold": 31}
-                if kind == "black-box":
-                    row |= {"queries_mean": 300.0 + 100 * i, "max_queries": 1000,
-                            "evasion_vs_queries": [{"queries": q, "evasion_rate": rate * q / 1000}
-                                                   for q in (100, 500, 1000)]}
-                results.append(row)
-    card = {"schema_version": 1, "task": "hash_matching", "name": "hash-fixture" if with_data
-            else "hash-empty",
-            "provenance": _provenance({"name": "hash-fixture", "target": {"hash": "pdq"}}),
-            "results": results,
-            "threshold_tradeoff": [{"hash": "pdq", "threshold": t, "fpr": t / 256,
-                                    "evasion_rate": max(0.0, 0.9 - t / 64)}
-                                   for t in (8, 16, 31, 48)] if with_data else [],
-            "checks": [{"name": "budget", "status": "pass", "message": "fixture"}],
-            "files": {"examples": "examples"}}
-    _write_json(folder / "scorecard.json", card)
-    if with_data:
-        orig = _images(3)
-        adv = np.clip(orig.astype(int) + 6, 0, 255).astype(np.uint8)
-        (folder / "examples").mkdir(parents=True, exist_ok=True)
-        np.savez(folder / "examples" / "hash-square-1.npz", original=orig, adv=adv,
-                 hamming=np.array([44, 38, 51]), queries=np.array([120, 640, 990]),
-                 evaded=np.array([True, True, False]))
-
-
-def make_forensics_run(folder: Path) -> None:
-    """A hand-made ``forgery_localization`` scorecard in the documented shape."""
-    results = [{"job_id": f"clean-{p}", "detector": "mvss", "inpainter": p, "seen": seen,
-                "auc": auc, "auc_ci": [auc - 0.05, auc + 0.05], "f1": f1, "n": 50}
-               for p, seen, auc, f1 in (("lama", True, 0.91, 0.72), ("sd2", False, 0.68, 0.41))]
-    results += [{"job_id": f"jpeg-{q}", "detector": "mvss", "perturbation": "jpeg",
-                 "strength": q, "eps_label": f"q{q}", "auc": 0.9 - (100 - q) / 100, "f1": 0.5}
-                for q in (90, 70, 50)]
-    card = {"schema_version": 1, "task": "forgery_localization", "name": "forensics-fixture",
-            "provenance": _provenance({"name": "forensics-fixture",
-                                       "target": {"detector": "mvss"}}),
-            "results": results, "checks": [], "files": {"examples": "examples"}}
-    _write_json(folder / "scorecard.json", card)
-    image = _images(2, size=24, seed=1)
-    mask = np.zeros((2, 24, 24), dtype=bool)
-    mask[:, 6:16, 8:18] = True
-    score = np.where(mask, 0.8, 0.1).astype(np.float32)
-    (folder / "examples").mkdir(parents=True, exist_ok=True)
-    np.savez(folder / "examples" / "clean-lama.npz", image=image, mask=mask, score_map=score,
-             inpainter=np.array(["lama", "lama"]))
-
-
 @pytest.fixture(scope="module")
 def store(tiny_run: tuple[Any, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     import arange
@@ -150,9 +88,15 @@ def store(tiny_run: tuple[Any, Path], tmp_path_factory: pytest.TempPathFactory) 
     shutil.copytree(tiny_dir, root / "no-side-files")
     (root / "no-side-files" / "samples.json").unlink()
     shutil.rmtree(root / "no-side-files" / "examples")
-    make_hash_run(root / "hash-fixture")
-    make_hash_run(root / "hash-empty", with_data=False)
-    make_forensics_run(root / "forensics-fixture")
+    from .test_forensics import TINY as FORENSICS
+    from .test_hash_runner import TINY as HASH
+
+    arange.run(copy.deepcopy(HASH), out=root / "hash", progress=False)
+    arange.run(yaml.safe_load(FORENSICS), out=root / "forensics", progress=False)
+    shutil.copytree(root / "hash", root / "hash-empty")
+    card = json.loads((root / "hash-empty" / "scorecard.json").read_text())
+    card["results"], card["transfer"], card["sweep"] = [], [], []
+    _write_json(root / "hash-empty" / "scorecard.json", card)
     return root
 
 
@@ -163,8 +107,9 @@ def _card(store: Path, run_id: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- AppTest helpers
 
 def _app(runs: Path, monkeypatch: pytest.MonkeyPatch, page: str, **params: str) -> Any:
-    from arange.dashboard import APP_PATH, RUNS_ENV
     from streamlit.testing.v1 import AppTest
+
+    from arange.dashboard import APP_PATH, RUNS_ENV
 
     monkeypatch.setenv(RUNS_ENV, str(runs))
     at = AppTest.from_file(str(APP_PATH), default_timeout=APP_TIMEOUT)
@@ -207,8 +152,7 @@ def test_runs_page_lists_real_runs_and_flags_broken_ones(
     at = _app(store, monkeypatch, "runs")
     _no_crash(at)
     df = at.dataframe[0].value
-    assert set(df["run"]) >= {"tiny", "tiny-b", "no-side-files", "hash-fixture",
-                              "forensics-fixture"}
+    assert set(df["run"]) >= {"tiny", "tiny-b", "no-side-files", "hash", "forensics"}
     tiny = _card(store, "tiny")
     row = df[df["run"] == "tiny"].iloc[0]
     assert row["clean accuracy"] == pytest.approx(tiny["clean"][0]["accuracy"])
@@ -296,7 +240,7 @@ def test_scorecard_flags_unreliable_rows(store: Path, monkeypatch: pytest.Monkey
     _no_crash(at)
     assert "Rows marked unreliable overstate robustness" in _texts(at)
     table = next(d.value for d in at.dataframe if "unreliable" in d.value.columns)
-    assert list(table["unreliable"])[0].startswith("the adaptive attack")
+    assert next(iter(table["unreliable"])).startswith("the adaptive attack")
     assert list(table["adaptive"])[-1] == "bpda"
     # an ordinary scorecard shows no such warning
     plain = _app(store, monkeypatch, "scorecard", run="tiny-b")
@@ -478,62 +422,91 @@ def test_significance_tests_match_scipy() -> None:
 
 # ---------------------------------------------------------------------------- hash, forensics
 
-def test_hash_page(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    at = _app(store, monkeypatch, "hash", hash_matching_run="hash-fixture")
+def test_hash_page_shows_the_scorecards_numbers(store: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    card = _card(store, "hash")
+    at = _app(store, monkeypatch, "hash", hash_matching_run="hash")
     _no_crash(at)
     text = _texts(at)
-    for heading in ("Evasion rate vs budget", "Evasion rate vs queries",
-                    "Threshold trade-off"):
+    for heading in ("Results (verified by the reference library)", "Success vs budget",
+                    "Success vs queries", "Threshold trade-off"):
         assert heading in text
     assert "no data of this kind" not in text
-    frames = _chart_frames(at)
-    assert len(frames) == 3
-    budget, queries, tradeoff = frames
-    assert set(budget["series"]) == {"hash-pgd (pdq)", "hash-square (pdq)"}
-    assert sorted(queries["queries"].unique()) == [100, 500, 1000]
-    assert list(tradeoff["fpr"]) == pytest.approx([8 / 256, 16 / 256, 31 / 256, 48 / 256])
-    # the degraded scorecard says so instead of failing
+    table = at.dataframe[0].value
+    assert list(table["rate"]) == [r["rate"] for r in card["results"]]
+    assert list(table["successes"]) == [r["successes"] for r in card["results"]]
+    assert list(table["threshold"]) == [r["threshold"] for r in card["results"]]
+    assert list(table["rejected"]) == [r["rejected"] for r in card["results"]]
+    fpr = at.dataframe[1].value
+    points = {p["threshold"]: p["fpr"] for p in card["fpr"][0]["points"]}
+    assert dict(zip(fpr["threshold"], fpr["fpr"], strict=True)) == {
+        t: points[t] for t in card["matcher"]["thresholds"]}
+    top = max(r["rate"] for r in card["results"])
+    assert at.metric[0].value == f"{top:.3f}"
+    budget, queries, tradeoff = _chart_frames(at)
+    assert sorted(budget["rate"]) == sorted(r["rate"] for r in card["results"])
+    assert sorted(queries["rate"]) == sorted(p["rate"] for r in card["results"]
+                                             for p in r["by_query"])
+    assert sorted(tradeoff["rate"]) == sorted(v for s in card["sweep"]
+                                              for v in s["success"].values())
+    # a scorecard without results says so instead of failing
     at.selectbox(key="hash_matching_run").set_value("hash-empty").run()
     _no_crash(at)
     assert any("no data of this kind" in i.value for i in at.info)
-    # the gallery: original vs evading image with Hamming distance, SSIM and queries
-    at = _app(store, monkeypatch, "examples", run="hash-fixture", job="hash-square-1")
+    # the gallery: the original next to the very PNG the reference library re-hashed
+    samples = json.loads((store / "hash" / "samples.json").read_text())
+    job = max(card["results"], key=lambda r: r["successes"])["job_id"]
+    saved = [i for i, p in enumerate(samples["jobs"][job]["png"]) if p]
+    at = _app(store, monkeypatch, "examples", run="hash", job=job)
     _no_crash(at)
     facts = [m.value for m in at.markdown if "SSIM" in m.value]
-    assert len(facts) == 3
-    assert "Hamming distance **44**" in facts[0] and "queries **120**" in facts[0]
-    assert "still **matched**" in facts[2]
+    assert len(facts) == min(len(saved), 12)
+    verified = sum(1 for i in saved if samples["jobs"][job]["success"][i])
+    assert sum("verified by the reference library" in f for f in facts) == min(verified, 12)
+    first = min(saved, key=lambda i: (not samples["jobs"][job]["success"][i], i))
+    assert f"Hamming distance **{samples['jobs'][job]['distance'][first]}**" in facts[0]
 
 
-def test_forensics_page(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    at = _app(store, monkeypatch, "forensics")
+def test_forensics_page_shows_the_scorecards_numbers(store: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    card = _card(store, "forensics")
+    at = _app(store, monkeypatch, "forensics", forgery_localization_run="forensics")
     _no_crash(at)
     table = at.dataframe[0].value
-    assert dict(zip(table["inpainter"], table["seen"], strict=True)) == {"lama": "seen",
-                                                                         "sd2": "unseen"}
+    assert list(table["auc"]) == [r["auc"] for r in card["results"]]
+    assert dict(zip(table["inpainter"], table["seen"], strict=True)) == {
+        r["inpainter"]: "seen" if r["seen"] else "unseen" for r in card["results"]}
     bars, curves = _chart_frames(at)
     assert set(bars["seen"]) == {"seen", "unseen"}
-    assert sorted(curves[curves["metric"] == "auc"]["strength"]) == [50, 70, 90]
-    at = _app(store, monkeypatch, "examples", run="forensics-fixture", job="clean-lama")
+    auc = curves[curves["metric"] == "auc"]
+    assert sorted(auc["value"]) == sorted(r["auc"] for r in card["robustness"])
+    job = card["results"][0]["job_id"]
+    at = _app(store, monkeypatch, "examples", run="forensics", job=job)
     _no_crash(at)
     captions = [c for im in at.image for c in im.captions]
-    assert captions.count("true mask") == 2
-    assert sum("detector map" in c for c in captions) == 2
+    shown = card["provenance"]["scenario"]["target"]["examples"]
+    assert captions.count("true mask") == shown
+    assert sum("detector map" in c for c in captions) == shown
     # a classification run on a task page: no data of this kind, with the reason
     at = _app(store, monkeypatch, "forensics", run="tiny")
     assert at.title[0].value == "Forgery localisation"
 
 
-def test_task_views_degrade_on_missing_fields() -> None:
+def test_task_views_read_the_runners_model(store: Path) -> None:
+    """The hash view reads the scorecard through the hash runner's own model: a file that does
+    not fit is one clear error naming the field, never silently empty rows."""
     from arange.dashboard import forensics_view, hash_view
+    from arange.dashboard.data import RunDataError
 
-    for card in ({}, {"results": "nonsense"}, {"results": [{"attack": "x"}, 3, None]}):
-        assert hash_view.hash_rows(card) == []
-        assert hash_view.query_curve_rows(card) == []
-        assert hash_view.tradeoff_rows(card) == []
-        assert forensics_view.inpainter_rows(card) == []
-        assert forensics_view.robustness_rows(card) == []
-        assert hash_view.hash_headline(card) == {}
+    card = _card(store, "hash")
+    broken = copy.deepcopy(card)
+    del broken["results"][0]["rate"]
+    with pytest.raises(RunDataError, match=r"results\.0\.rate"):
+        hash_view.hash_rows(broken)
+    assert hash_view.hash_rows(card)[0]["rate"] == card["results"][0]["rate"]
+    for bad in ({}, {"results": "nonsense"}, {"results": [{"attack": "x"}, 3, None]}):
+        assert forensics_view.inpainter_rows(bad) == []
+        assert forensics_view.robustness_rows(bad) == []
 
 
 # ---------------------------------------------------------------------------- report, safety
@@ -566,7 +539,9 @@ os.environ["ARANGE_DASHBOARD_RUNS"] = {str(store)!r}
 from streamlit.testing.v1 import AppTest
 from arange.dashboard import APP_PATH
 pages = [("runs", {{}}), ("scorecard", {{"run": "tiny"}}), ("examples", {{"run": "tiny"}}),
-         ("compare", {{"a": "tiny", "b": "tiny-b"}}), ("hash", {{}}), ("forensics", {{}})]
+         ("compare", {{"a": "tiny", "b": "tiny-b"}}), ("hash", {{}}), ("forensics", {{}}),
+         ("scorecard", {{"run": "hash"}}), ("examples", {{"run": "hash"}}),
+         ("scorecard", {{"run": "forensics"}}), ("examples", {{"run": "forensics"}})]
 for page, params in pages:
     at = AppTest.from_file(str(APP_PATH), default_timeout=60)
     at.query_params.update(page=page, **params)
@@ -582,9 +557,8 @@ print("torch loaded:", "torch" in sys.modules)
 
 
 def test_cli_dashboard_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from arange.dashboard import streamlit_command
-
     from arange.cli import main
+    from arange.dashboard import streamlit_command
 
     cmd = streamlit_command()
     assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1"
@@ -700,7 +674,7 @@ def dashboard_server(store: Path, tmp_path: Path) -> Iterator[str]:
     assert not _listening_addresses(port)
 
 
-def test_end_to_end_in_headless_chromium(dashboard_server: str, tmp_path: Path,
+def test_end_to_end_in_headless_chromium(dashboard_server: str, store: Path, tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     chrome, driver_path = _chromium()
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (test extra)")
@@ -721,6 +695,9 @@ def test_end_to_end_in_headless_chromium(dashboard_server: str, tmp_path: Path,
     monkeypatch.setenv("SE_OFFLINE", "true")  # never let Selenium Manager download anything
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    # the headline numbers of the real hash and forensics runs, as scorecard.json has them
+    hash_top = f"{max(r['rate'] for r in _card(store, 'hash')['results']):.3f}"
+    forensics_low = f"{min(r['auc'] for r in _card(store, 'forensics')['results']):.3f}"
     pages = [
         # table cells are drawn on a canvas: wait for text around the table
         ("runs", "", ["Runs", "10 of 10 run(s) shown", "Runs that cannot be shown",
@@ -731,9 +708,10 @@ def test_end_to_end_in_headless_chromium(dashboard_server: str, tmp_path: Path,
                                    "perturbation x"]),
         ("compare", "&a=tiny&b=tiny-b", ["Compare runs", "matched numbers are lower",
                                          "Significantly weaker", "Only in B"]),
-        ("hash", "&hash_matching_run=hash-fixture", ["Evasion rate vs budget",
-                                                     "Threshold trade-off"]),
-        ("forensics", "", ["Per-inpainter AUC", "Robustness curves"]),
+        ("hash", "&hash_matching_run=hash", ["Hash matching: hash_tiny", "Success vs budget",
+                                             "Threshold trade-off", hash_top]),
+        ("forensics", "&forgery_localization_run=forensics",
+         ["Per-inpainter AUC", "Robustness curves", forensics_low]),
     ]
     try:
         for page, params, expected in pages:

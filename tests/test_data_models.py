@@ -150,7 +150,7 @@ def test_zoo_caches_and_is_deterministic(tiny_model: Any) -> None:
 
     from .conftest import tiny_scenario
 
-    model, x, y = tiny_model
+    model, _, _ = tiny_model
     again = prepare_target(scenario_from_dict(tiny_scenario()), torch.device("cpu"), False)
     assert again.model_info["test_accuracy"] >= 0.8
     for pa, pb in zip(model.state_dict().values(), again.model.state_dict().values(),

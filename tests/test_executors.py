@@ -14,8 +14,8 @@ import yaml
 
 import arange
 from arange.cli import main
-from arange.executors import RAY_MISSING, make_executor, plan_chains
-from arange.runner import expand_jobs
+from arange.core.executors import RAY_MISSING, make_executor
+from arange.runner import chain_groups, expand_jobs
 from arange.scenario import scenario_from_dict
 from arange.speed import BatchSize
 
@@ -79,28 +79,27 @@ def _jobs(**overrides: Any) -> list[Any]:
 
 
 def test_chains_keep_dependent_jobs_together_and_in_order() -> None:
-    mask = torch.ones(4, dtype=torch.bool)
     independent = _jobs()
-    chains = plan_chains(independent, lambda j: mask, cascade=False)
-    assert [len(c.jobs) for c in chains] == [1] * len(independent)
+    chains = chain_groups(independent, cascade=False)
+    assert [len(c) for c in chains] == [1] * len(independent)
 
     cascade = _jobs(evaluation={"cascade": True})
-    chains = plan_chains(cascade, lambda j: mask, cascade=True)
+    chains = chain_groups(cascade, cascade=True)
     assert len(chains) == 2  # one per eps cell, each fgsm then pgd
     for c in chains:
-        assert [j.attack.key for j in c.jobs] == ["fgsm", "pgd"]
-        assert len({j.eps for j in c.jobs}) == 1
-    assert sorted(j.key for c in chains for j in c.jobs) == sorted(j.key for j in cascade)
+        assert [j.attack.key for j in c] == ["fgsm", "pgd"]
+        assert len({j.eps for j in c}) == 1
+    assert sorted(j.key for c in chains for j in c) == sorted(j.key for j in cascade)
 
     suite = _jobs(attacks=[{"suite": "standard", "eps": ["4/255", "8/255"]},
                            {"name": "fgsm", "eps": ["4/255"]}])
-    chains = plan_chains(suite, lambda j: mask, cascade=False)
-    sizes = sorted(len(c.jobs) for c in chains)
+    chains = chain_groups(suite, cascade=False)
+    sizes = sorted(len(c) for c in chains)
     assert sizes[0] == 1 and sizes[-1] > 1  # fgsm alone; each suite x eps one ordered chain
     for c in chains:
-        if len(c.jobs) > 1:
-            order = [j for j in suite if j.suite is not None and j.eps == c.jobs[0].eps]
-            assert c.jobs == order
+        if len(c) > 1:
+            order = [j for j in suite if j.suite is not None and j.eps == c[0].eps]
+            assert c == order
 
 
 def test_batch_size_auto_in_the_schema() -> None:
@@ -151,19 +150,44 @@ def test_auto_batch_size_halves_on_out_of_memory(monkeypatch: pytest.MonkeyPatch
 def test_worker_refuses_a_target_that_differs_from_the_drivers() -> None:
     """A Ray worker rebuilds the models itself; if its weights, data or clean predictions are not
     the driver's, it must refuse to run jobs (results from another model must never mix in)."""
-    from arange.executors import _Worker
-    from arange.runner import predict, prepare_target
+    from arange.core.executors import _Worker
+    from arange.core.task import get_task
 
     s = scenario_from_dict(small_cascade())
-    target = prepare_target(s, torch.device("cpu"), progress=False)
-    fp = target.data.fingerprint()
-    clean = predict(target.model, target.data.x, 64, torch.device("cpu")).tolist()
-    assert _Worker(s, "cpu", target.weights_sha256, fp, {"none": clean}, 0).ready()
+    task = get_task("classification")
+    good = task.identity(task.prepare(s, torch.device("cpu"), progress=False))
+    assert _Worker("classification", s, "cpu", good, 0).ready()
+    clean = good["clean_pred"]["none"]
     bad = [
-        ("0" * 64, fp, clean, "weights differ"),
-        (target.weights_sha256, "0" * 64, clean, "evaluation data differ"),
-        (target.weights_sha256, fp, [(c + 1) % 10 for c in clean], "predicts differently"),
+        (dict(good, weights_sha256="0" * 64), "weights differ"),
+        (dict(good, data_fingerprint="0" * 64), "evaluation data differ"),
+        (dict(good, clean_pred={"none": [(c + 1) % 10 for c in clean]}),
+         "predicts differently"),
     ]
-    for sha, data_fp, preds, message in bad:
+    for identity, message in bad:
         with pytest.raises(arange.ArangeError, match=message):
-            _Worker(s, "cpu", sha, data_fp, {"none": preds}, 0).ready()
+            _Worker("classification", s, "cpu", identity, 0).ready()
+
+
+@pytest.mark.parametrize("task", ["hash_matching", "forgery_localization"])
+def test_ray_executor_serves_every_task(task: str, tmp_path: Path) -> None:
+    """The hash and forensics ranges on a local Ray runtime give the local scorecard and the
+    same evidence files (the driver writes what the workers send back)."""
+    pytest.importorskip("ray")
+    from .test_forensics import TINY as FORENSICS
+    from .test_hash_runner import TINY as HASH
+    from .test_resume import _scrub
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(HASH) if task == "hash_matching" else FORENSICS)
+    cards = {}
+    for executor in ("local", "ray"):
+        out = tmp_path / executor
+        assert main(["run", str(path), "--out", str(out), "-q", "--executor", executor]) == 0
+        cards[executor] = json.loads((out / "scorecard.json").read_text())
+        assert cards[executor]["task"] == task
+    assert _scrub(cards["ray"]) == _scrub(cards["local"])
+    for folder in ("images", "examples", "jobs"):
+        names = [sorted(p.relative_to(tmp_path / e) for p in (tmp_path / e / folder).rglob("*")
+                        if p.is_file()) for e in ("local", "ray")]
+        assert names[0] == names[1]

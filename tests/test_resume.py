@@ -1,9 +1,9 @@
-"""Kill ``arange run`` in the middle of a multi-job scenario and run it again: it must finish with
-the scorecard of an uninterrupted run and re-run none of the finished jobs.
+"""Kill ``arange run`` (SIGKILL, no clean-up) in the middle of a multi-job scenario of each task
+and run it again: it must finish with the scorecard of an uninterrupted run and re-run none of
+the finished jobs.
 
-The kill is deterministic: ``ARANGE_TEST_KILL_AFTER_JOBS=1`` makes the driver SIGKILL itself right
-after writing its first job file (see :mod:`arange.executors`), so the interrupted run always
-leaves exactly one finished job and an unfinished cascade behind it.
+The test watches the run folder and kills the process as soon as its first job record appears,
+so the interrupted run leaves finished jobs and unfinished ones behind it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,6 @@ import pytest
 import yaml
 
 import arange
-from arange.executors import KILL_ENV
 
 from .conftest import tiny_scenario
 
@@ -56,10 +56,43 @@ def comparable(card: dict[str, Any]) -> dict[str, Any]:
             "checks": [(c["name"], c["status"]) for c in card["checks"]]}
 
 
-def _run_cli(scenario: Path, out: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _run_cli(scenario: Path, out: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "arange", "run", str(scenario), "--out",
-                           str(out), "-q"], env=env, capture_output=True, text=True,
-                          timeout=600, check=False)
+                           str(out), "-q"], capture_output=True, text=True, timeout=600,
+                          check=False)
+
+
+def kill_after_first_job(scenario: Path, out: Path) -> dict[str, tuple[int, bytes]]:
+    """Start ``arange run``, SIGKILL it once a job record exists; return the finished records
+    (name -> (mtime, bytes)). Fails if the run ended before it could be killed."""
+    proc = subprocess.Popen([sys.executable, "-m", "arange", "run", str(scenario), "--out",
+                             str(out), "-q"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any((out / "jobs").glob("*.json")):
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    code = proc.wait(timeout=60)
+    assert code == -signal.SIGKILL, (code, proc.stderr.read()[-2000:] if proc.stderr else "")
+    assert not (out / "scorecard.json").exists()
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted((out / "jobs").glob("*.json"))}
+
+
+def resume_and_check(scenario: Path, out: Path, before: dict[str, tuple[int, bytes]],
+                     total_jobs: int) -> dict[str, Any]:
+    """Run again: the finished jobs are reused byte for byte, the rest run; the scorecard."""
+    assert 1 <= len(before) < total_jobs, sorted(before)
+    resumed = _run_cli(scenario, out)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    card: dict[str, Any] = json.loads((out / "scorecard.json").read_text())
+    assert card["provenance"]["jobs_reused"] >= len(before)
+    for name, (mtime, content) in before.items():  # the finished jobs were not run again
+        p = out / "jobs" / name
+        assert (p.stat().st_mtime_ns, p.read_bytes()) == (mtime, content)
+    return card
 
 
 def test_killed_run_resumes_to_the_same_scorecard(
@@ -69,23 +102,44 @@ def test_killed_run_resumes_to_the_same_scorecard(
     path = tmp_path / "resume.yaml"
     path.write_text(yaml.safe_dump(spec))
     out = tmp_path / "run"
-
-    env = dict(os.environ, **{KILL_ENV: "1"})
-    killed = _run_cli(path, out, env)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    done = sorted((out / "jobs").glob("*.json"))
-    assert len(done) == 1, [p.name for p in done]
-    assert not (out / "scorecard.json").exists()
-    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in done}
-
-    env.pop(KILL_ENV)
-    resumed = _run_cli(path, out, env)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    card = json.loads((out / "scorecard.json").read_text())
-    assert card["provenance"]["jobs_reused"] >= 1
-    for name, (mtime, content) in before.items():  # the finished job was not run again
-        p = out / "jobs" / name
-        assert (p.stat().st_mtime_ns, p.read_bytes()) == (mtime, content)
+    before = kill_after_first_job(path, out)
+    card = resume_and_check(path, out, before, len(reference["results"]))
     assert len(list((out / "jobs").glob("*.json"))) == len(reference["results"])
     assert comparable(card) == comparable(reference)
 
+
+def _scrub(doc: Any) -> Any:
+    """A scorecard without what depends on how and when it ran (timings, provenance)."""
+    if isinstance(doc, dict):
+        return {k: _scrub(v) for k, v in doc.items()
+                if k not in ("provenance", "seconds", "train_seconds", "cached")}
+    if isinstance(doc, list):
+        return [_scrub(v) for v in doc]
+    return doc
+
+
+@pytest.mark.parametrize("task", ["hash_matching", "forgery_localization"])
+def test_killed_hash_and_forensics_runs_resume(task: str, tmp_path: Path) -> None:
+    """The same kill-and-resume contract for the other two ranges (one driver serves all)."""
+    from .test_forensics import TINY as FORENSICS
+    from .test_hash_runner import TINY as HASH
+
+    path = tmp_path / "s.yaml"
+    if task == "hash_matching":
+        path.write_text(yaml.safe_dump(HASH))
+    else:
+        path.write_text(FORENSICS)
+    whole = tmp_path / "whole"
+    assert _run_cli(path, whole).returncode == 0
+    total = len(list((whole / "jobs").glob("*.json")))
+    out = tmp_path / "run"
+    before = kill_after_first_job(path, out)
+    card = resume_and_check(path, out, before, total)
+    reference = json.loads((whole / "scorecard.json").read_text())
+    assert _scrub(card) == _scrub(reference)
+    # the evidence files (hash PNGs, example galleries) are the uninterrupted run's
+    for folder in ("images", "examples"):
+        ours = sorted(p.relative_to(out) for p in (out / folder).rglob("*") if p.is_file())
+        theirs = sorted(p.relative_to(whole) for p in (whole / folder).rglob("*")
+                        if p.is_file())
+        assert ours == theirs

@@ -19,7 +19,7 @@ from arange.errors import ParamError, int_param
 from arange.registry import Registry
 
 from .data import random_crops, to_tensor, to_uint8
-from .masks import MASK_KINDS, make_masks
+from .masks import make_masks
 
 log = logging.getLogger(__name__)
 INPAINTERS: Registry[Any] = Registry("inpainter")
@@ -177,8 +177,21 @@ class GanInpainter(Inpainter):
         return np.concatenate(out) if out else np.empty_like(images)
 
 
-def check_mask_kinds(kinds: list[str]) -> None:
-    for k in kinds:
-        if k not in MASK_KINDS:
-            raise ParamError("kinds", f"unknown mask kind {k!r} (available: "
-                             f"{', '.join(MASK_KINDS)})")
+def forge_training_set(train: np.ndarray, inpainters: dict[str, Any], n: int, crop: int,
+                       mask_kinds: tuple[str, ...], min_area: float, max_area: float,
+                       real_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` training patches (uint8 NHWC) and their masks (bool NHW): a ``real_fraction`` of
+    them untouched (empty mask), the rest forged by the given inpainters in turn."""
+    rng = np.random.default_rng([seed, 11])
+    images = random_crops(train, n, crop, rng)
+    masks, _ = make_masks(n, crop, crop, rng, mask_kinds, min_area, max_area)
+    real = rng.random(n) < real_fraction
+    masks[real] = False
+    forged_idx = np.nonzero(~real)[0]
+    names = sorted(inpainters)
+    which = rng.integers(0, len(names), len(forged_idx))
+    for j, name in enumerate(names):
+        idx = forged_idx[which == j]
+        if len(idx):
+            images[idx] = inpaint(inpainters[name], images[idx], masks[idx])
+    return images, masks

@@ -154,3 +154,34 @@ def image_auc(forged_scores: np.ndarray, real_scores: np.ndarray) -> float | Non
     s = np.concatenate([forged_scores, real_scores])
     y = np.concatenate([np.ones(len(forged_scores), bool), np.zeros(len(real_scores), bool)])
     return roc_auc(s, y)
+
+
+# ---------------------------------------------------------------------------- per-image evidence
+# What a regression gate resamples: per image, the pixel scores of forged and of real pixels as
+# histograms (HIST_BINS equal bins over [0, 1]), so the pooled pixel AUC of any resample of the
+# images can be recomputed without storing the maps.
+
+HIST_BINS = 64
+
+
+def score_histograms(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(forged-pixel, real-pixel) histograms per image, each (N, HIST_BINS) int64."""
+    n = len(maps)
+    bins = np.minimum((np.asarray(maps, np.float64) * HIST_BINS).astype(np.int64),
+                      HIST_BINS - 1).reshape(n, -1)
+    m = np.asarray(masks, bool).reshape(n, -1)
+    offset = np.arange(n)[:, None] * HIST_BINS
+    pos = np.bincount((bins + offset)[m], minlength=n * HIST_BINS).reshape(n, HIST_BINS)
+    neg = np.bincount((bins + offset)[~m], minlength=n * HIST_BINS).reshape(n, HIST_BINS)
+    return pos, neg
+
+
+def auc_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:
+    """ROC AUC of pooled scores given as histograms over the same bins (ties count half)."""
+    p = np.asarray(pos, np.float64)
+    q = np.asarray(neg, np.float64)
+    n_pos, n_neg = p.sum(), q.sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    below = np.concatenate([[0.0], np.cumsum(q)[:-1]])
+    return float((p * (below + 0.5 * q)).sum() / (n_pos * n_neg))

@@ -14,39 +14,41 @@
    the ball), then the *target* detector re-scores it, and again after a JPEG round trip.
    Transfer rows craft the attack on a copy of the detector trained with another seed.
 
-Jobs are written atomically to ``OUT/jobs/`` under a content key; an interrupted run resumes
-without redoing finished jobs.
+The driver (:mod:`arange.core.driver`) owns job keys, atomic records, resume and the executors;
+this module supplies the ``forgery_localization`` task's hooks. Example galleries travel in the
+job records (``_files``) and are written by the driver before the record.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import io
 import itertools
-import json
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arange import __version__
+from arange._version import __version__
+from arange.core.driver import FILES
+from arange.core.executors import Chain
+from arange.core.task import content_key
+from arange.errors import ArangeError
 from arange.expr import format_eps
-from arange.scorecard import Check, format_checks, run_environment
+from arange.scorecard import Check, format_checks
 from arange.stats import wilson_interval
-from arange.store import atomic_write_bytes, atomic_write_json
+from arange.store import atomic_write_json
 from arange.threat import Norm, ThreatModel, enforce
 
 from . import metrics as M
 from .data import Split, load_split, to_tensor, to_uint8
 from .detector import NoiseResidualNet, build_detector
-from .inpainters import INPAINTERS, Inpainter, PrepareContext, inpaint
+from .inpainters import INPAINTERS, Inpainter, PrepareContext, forge_training_set, inpaint
 from .masks import make_masks
 from .scenario import AttackSpec, ForensicsScenario
 from .scorecard import (
@@ -58,7 +60,10 @@ from .scorecard import (
     RobustnessRow,
     UntouchedRow,
 )
-from .training import forge_training_set, train_detector
+from .training import train_detector
+
+if TYPE_CHECKING:
+    from arange.core.driver import RunState
 
 log = logging.getLogger(__name__)
 JOB_FORMAT = 1
@@ -202,14 +207,18 @@ class Context:
     s: ForensicsScenario
     split: Split
     device: torch.device
-    out: Path
     masks: np.ndarray                                   # test masks (M, c, c)
     forged: dict[str, np.ndarray]                       # inpainter -> forged test tiles
     seen: dict[str, bool]
+    infos: list[InpainterInfo] = field(default_factory=list)
     nets: dict[str, NoiseResidualNet] = field(default_factory=dict)
     shas: dict[str, str] = field(default_factory=dict)
+    det_infos: list[DetectorInfo] = field(default_factory=list)
     fingerprint: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+    prepared_at: float = 0.0
     real_pred: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)  # the running job's example files
 
     def real(self, det: str) -> tuple[np.ndarray, np.ndarray]:
         if det not in self.real_pred:
@@ -218,8 +227,7 @@ class Context:
         return self.real_pred[det]
 
 
-def _key(spec: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+_key = content_key
 
 
 def _save_examples(ctx: Context, job_id: str, images: np.ndarray, masks: np.ndarray,
@@ -231,7 +239,7 @@ def _save_examples(ctx: Context, job_id: str, images: np.ndarray, masks: np.ndar
     np.savez_compressed(buf, image=np.ascontiguousarray(images[:k].transpose(0, 3, 1, 2)),
                         mask=masks[:k].astype(bool), score_map=maps[:k].astype(np.float32),
                         inpainter=np.array(names[:k]), f1=np.array(f1[:k], dtype=np.float32))
-    atomic_write_bytes(ctx.out / "examples" / f"{job_id}.npz", buf.getvalue())
+    ctx.files[f"examples/{job_id}.npz"] = buf.getvalue()
 
 
 def _all_forged(ctx: Context) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -248,6 +256,8 @@ def job_clean(ctx: Context, det: str, inp: str) -> dict[str, Any]:
     maps, scores = predict(ctx.nets[det], ctx.forged[inp], ctx.device, ctx.s.target.batch_size)
     _, real_scores = ctx.real(det)
     row = localisation(maps, ctx.masks, scores, ctx.s.seed)
+    pos, neg = M.score_histograms(maps, ctx.masks)  # for the pixel-AUC regression gate
+    row["_per_image"] |= {"pos_hist": pos.tolist(), "neg_hist": neg.tolist()}
     thr, f1b = M.best_threshold_f1(maps, ctx.masks)
     iauc = M.image_auc(scores, real_scores)
     job_id = f"{det}__{inp}"
@@ -342,24 +352,33 @@ def job_attack(ctx: Context, a: AttackSpec, eps: float, transfer: bool) -> list[
     return rows
 
 
-def _cached(ctx: Context, job_id: str, spec: dict[str, Any], fn: Any, finished: list[int]
-            ) -> Any:
-    key = _key({**spec, "format": JOB_FORMAT, "arange": __version__, "data": ctx.fingerprint,
-                "weights": ctx.shas})
-    path = ctx.out / "jobs" / f"{job_id}.json"
-    try:
-        rec = json.loads(path.read_text())
-        if rec.get("format") == JOB_FORMAT and rec.get("key") == key and all(
-                (ctx.out / "examples" / f"{r['job_id']}.npz").is_file() or ctx.s.target.examples
-                == 0 or r["job_id"].endswith("__untouched") for r in rec["rows"]):
-            finished[0] += 1
-            return rec["rows"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError):
-        pass
-    rows = fn()
+@dataclass(frozen=True)
+class ForensicsJob:
+    """One scoring job: a description (``spec``, also the content of its key) and the table
+    its rows go to."""
+
+    job_id: str
+    key: str
+    table: str
+    spec: dict[str, Any]
+
+
+def run_planned_job(ctx: Context, job: ForensicsJob) -> dict[str, Any]:
+    sp = job.spec
+    ctx.files = {}
+    if sp["job"] == "untouched":
+        rows: Any = job_untouched(ctx, sp["det"])
+    elif sp["job"] == "clean":
+        rows = job_clean(ctx, sp["det"], sp["inp"])
+    elif sp["job"] == "benign":
+        rows = job_benign(ctx, sp["det"], sp["p"], sp["s"])
+    else:
+        a = next(a for a in ctx.s.attacks if a.model_dump() == sp["attack"])
+        rows = job_attack(ctx, a, sp["eps"], sp["transfer"])
     rows = rows if isinstance(rows, list) else [rows]
-    atomic_write_json(path, {"format": JOB_FORMAT, "key": key, "job_id": job_id, "rows": rows})
-    return rows
+    files, ctx.files = ctx.files, {}
+    return {"format": JOB_FORMAT, "key": job.key, "job_id": job.job_id, "rows": rows,
+            FILES: files}
 
 
 # ---------------------------------------------------------------------------- checks
@@ -432,28 +451,12 @@ def _checks(ctx: Context, infos: list[InpainterInfo], results: list[ResultRow],
 
 # ---------------------------------------------------------------------------- the run
 
-LIBRARIES = ("numpy", "scipy", "scikit-image", "opencv-python-headless", "pillow",
-             "pydantic")  # versions recorded in the provenance
-
-
-def run_forensics_scenario(s: ForensicsScenario, out: str | Path | None = None, *,
-                           device: str | None = None, resume: bool = True,
-                           progress: bool = True, scenario_path: str | Path | None = None
-                           ) -> ForensicsScorecard:
-    """Run ``s`` and write ``OUT/scorecard.json`` (see the module docstring)."""
-    from tqdm.auto import tqdm
-
-    from arange.runner import resolve_device
-
-    started = dt.datetime.now(dt.UTC)
-    t_start = time.perf_counter()
+def prepare(s: ForensicsScenario, dev: torch.device, progress: bool = True) -> Context:
+    """The test split, its masks and forgeries (by every inpainter), and the detectors (and the
+    transfer source) trained on forgeries of the seen inpainters; training is cached."""
     timings: dict[str, float] = {}
-    dev = resolve_device(device or s.device)
     t = s.target
-    out_dir = Path(out) if out is not None else Path("runs") / s.name
-    (out_dir / "jobs").mkdir(parents=True, exist_ok=True)
     torch.manual_seed(s.seed)
-
     split = load_split(t.dataset.name, t.dataset.options, t.crop, t.test_fraction,
                        t.test_images, s.seed)
     mk = t.masks
@@ -483,7 +486,7 @@ def run_forensics_scenario(s: ForensicsScenario, out: str | Path | None = None, 
         forged[info.name] = f
     timings["forging"] = round(time.perf_counter() - t0, 2)
     seen = {i.name: i.seen for i in infos}
-    ctx = Context(s, split, dev, out_dir, masks, forged, seen)
+    ctx = Context(s, split, dev, masks, forged, seen, infos=infos, timings=timings)
     h = hashlib.sha256(split.fingerprint().encode())
     h.update(masks.tobytes())
     for arr in forged.values():
@@ -501,7 +504,6 @@ def run_forensics_scenario(s: ForensicsScenario, out: str | Path | None = None, 
     if any(a.transfer for a in s.attacks):
         d = next(d for d in s.detectors if d.label == s.target_detector)
         jobs_specs.append((d, s.seed + 1, f"{d.label}@seed{s.seed + 1}", "transfer_source"))
-    det_infos = []
     t0 = time.perf_counter()
     for d, seed, label, role in jobs_specs:
         net = build_detector(d.name, d.params)
@@ -515,61 +517,75 @@ def run_forensics_scenario(s: ForensicsScenario, out: str | Path | None = None, 
         net.to(dev).eval()
         ctx.nets[label] = net
         ctx.shas[label] = trained.sha256
-        det_infos.append(DetectorInfo(label=label, name=d.name, params=net.config(),
-                                      training={**tr.model_dump(),
-                                                "train_inpainters": list(s.train_inpainters),
-                                                "train_patches": t.train_patches,
-                                                "final": trained.info.get("final", {})},
-                                      seed=seed, weights=trained.path.name,
-                                      sha256=trained.sha256,
-                                      train_seconds=trained.info.get("train_seconds"),
-                                      cached=bool(trained.info.get("cached")), role=role))
+        ctx.det_infos.append(DetectorInfo(
+            label=label, name=d.name, params=net.config(),
+            training={**tr.model_dump(), "train_inpainters": list(s.train_inpainters),
+                      "train_patches": t.train_patches, "final": trained.info.get("final", {})},
+            seed=seed, weights=trained.path.name, sha256=trained.sha256,
+            train_seconds=trained.info.get("train_seconds"),
+            cached=bool(trained.info.get("cached")), role=role))
     timings["detector_training"] = round(time.perf_counter() - t0, 2)
+    ctx.prepared_at = time.perf_counter()
+    return ctx
 
-    # jobs
-    t0 = time.perf_counter()
-    plan: list[tuple[str, dict[str, Any], Any, str]] = []
+
+def identity(ctx: Context) -> dict[str, Any]:
+    return {"data_fingerprint": ctx.fingerprint, "weights": dict(ctx.shas)}
+
+
+def worker_prepare(s: ForensicsScenario, dev: torch.device, identity: dict[str, Any],
+                   where: str) -> Context:
+    ctx = prepare(s, dev, progress=False)
+    if ctx.fingerprint != identity["data_fingerprint"]:
+        raise ArangeError(f"{where}: the test forgeries differ from the driver's; give a "
+                          "dataset path every node can read")
+    if ctx.shas != identity["weights"]:
+        raise ArangeError(f"{where}: the trained detectors differ from the driver's; share "
+                          "ARANGE_CACHE_DIR between nodes")
+    return ctx
+
+
+def plan(s: ForensicsScenario, ctx: Context) -> list[Chain]:
+    """One job per (detector, inpainter), untouched set, benign perturbation and attack eps."""
+    specs: list[tuple[str, dict[str, Any], str]] = []
     for d in s.detectors:
-        plan.append((f"{d.label}__untouched", {"job": "untouched", "det": d.label},
-                     lambda d=d: job_untouched(ctx, d.label), "untouched"))
-        for info in infos:
-            plan.append((f"{d.label}__{info.name}", {"job": "clean", "det": d.label,
-                                                      "inp": info.name},
-                         lambda d=d, info=info: job_clean(ctx, d.label, info.name), "results"))
+        specs.append((f"{d.label}__untouched", {"job": "untouched", "det": d.label},
+                      "untouched"))
+        for info in ctx.infos:
+            specs.append((f"{d.label}__{info.name}",
+                          {"job": "clean", "det": d.label, "inp": info.name}, "results"))
         for p in s.robustness:
             for st in p.strengths:
                 lab = format_eps(st) if p.perturbation == "noise" else f"{st:g}"
-                plan.append((f"{d.label}__{p.perturbation}-{lab.replace('/', '_')}",
-                             {"job": "benign", "det": d.label, "p": p.perturbation, "s": st},
-                             lambda d=d, p=p, st=st: job_benign(ctx, d.label, p.perturbation,
-                                                                st), "robustness"))
+                specs.append((f"{d.label}__{p.perturbation}-{lab.replace('/', '_')}",
+                              {"job": "benign", "det": d.label, "p": p.perturbation, "s": st},
+                              "robustness"))
     for a in s.attacks:
         for transfer in ([False, True] if a.transfer else [False]):
             for eps in [0.0, *a.eps]:
                 if eps == 0.0 and transfer:
                     continue  # the unattacked baseline is the same for both
                 name = "transfer_pgd" if transfer else "pgd"
-                plan.append((f"{s.target_detector}__{name}-{format_eps(eps).replace('/', '_')}",
-                             {"job": "attack", "attack": a.model_dump(), "eps": eps,
-                              "transfer": transfer},
-                             lambda a=a, eps=eps, transfer=transfer: job_attack(
-                                 ctx, a, eps, transfer), "robustness"))
-    finished = [0]
-    if not resume:
-        for job_id, *_ in plan:
-            (out_dir / "jobs" / f"{job_id}.json").unlink(missing_ok=True)
+                specs.append((f"{s.target_detector}__{name}-{format_eps(eps).replace('/', '_')}",
+                              {"job": "attack", "attack": a.model_dump(), "eps": eps,
+                               "transfer": transfer}, "robustness"))
+    base = {"format": JOB_FORMAT, "arange": __version__, "data": ctx.fingerprint,
+            "weights": ctx.shas}
+    return [Chain([ForensicsJob(job_id, _key({**spec, **base}), table, spec)])
+            for job_id, spec, table in specs]
+
+
+def build_scorecard(state: RunState) -> ForensicsScorecard:
+    s: ForensicsScenario = state.scenario
+    ctx: Context = state.prepared
+    t = s.target
     tables: dict[str, list[dict[str, Any]]] = {"results": [], "untouched": [], "robustness": []}
     samples: dict[str, Any] = {}
-    bar = tqdm(total=len(plan), desc="scoring", unit="job", disable=not progress,
-               dynamic_ncols=True)
-    for job_id, spec, fn, table in plan:
-        bar.set_postfix_str(job_id)
-        rows = _cached(ctx, job_id, spec, fn, finished)
-        for r in rows:
+    for job, rec in state.records:
+        for r in rec["rows"]:
+            r = dict(r)
             samples[r["job_id"]] = r.pop("_per_image", {})
-            tables[table].append(r)
-        bar.update(1)
-    bar.close()
+            tables[job.table].append(r)
     # the pgd baseline (eps 0) also starts the transfer series
     for r in list(tables["robustness"]):
         if r["kind"] == "white-box" and r["strength"] == 0 and any(
@@ -580,34 +596,33 @@ def run_forensics_scenario(s: ForensicsScenario, out: str | Path | None = None, 
     order = {"benign": 0, "white-box": 1, "transfer": 2}
     tables["robustness"].sort(key=lambda r: (r["detector"], order[r["kind"]], r["perturbation"],
                                              r["strength"]))
-    timings["scoring"] = round(time.perf_counter() - t0, 2)
+    timings = {**ctx.timings, "scoring": round(time.perf_counter() - ctx.prepared_at, 2)}
 
     results = [ResultRow(**r) for r in tables["results"]]
     untouched = [UntouchedRow(**r) for r in tables["untouched"]]
     rob = [RobustnessRow(**r) for r in tables["robustness"]]
-    checks = _checks(ctx, infos, results, rob)
-    atomic_write_json(out_dir / "samples.json",
+    checks = _checks(ctx, ctx.infos, results, rob)
+    split, masks = ctx.split, ctx.masks
+    atomic_write_json(state.out / "samples.json",
                       {"schema_version": 1, "n": len(split.test), "ids": split.test_ids,
                        "jobs": samples})
     prov = ForensicsProvenance(
-        **run_environment(dev, s.seed, started, t_start, LIBRARIES), timings=timings,
+        **state.environment(), timings=timings,
         dataset=t.dataset.name, dataset_fingerprint=ctx.fingerprint,
-        dataset_info=split.info, scenario_path=str(scenario_path) if scenario_path else None,
-        scenario=s.model_dump(mode="json"), jobs_reused=finished[0])
+        dataset_info=split.info, scenario_path=state.scenario_path,
+        scenario=s.model_dump(mode="json"), jobs_reused=state.reused)
     data = {"test_images": len(split.test), "train_images": len(split.train),
             "train_patches": t.train_patches, "crop": t.crop,
             "mask_area_mean": round(float(masks.mean()), 4),
             "mask_area_min": round(float(masks.mean(axis=(1, 2)).min()), 4),
             "mask_area_max": round(float(masks.mean(axis=(1, 2)).max()), 4),
             "train_inpainters": list(s.train_inpainters),
-            "unseen_inpainters": [i.name for i in infos if not i.seen],
+            "unseen_inpainters": [i.name for i in ctx.infos if not i.seen],
             "test_sources": split.info["test_sources"]}
-    card = ForensicsScorecard(name=s.name, provenance=prov, data=data, inpainters=infos,
-                              detectors=det_infos, results=results, untouched=untouched,
+    return ForensicsScorecard(name=s.name, provenance=prov, data=data, inpainters=ctx.infos,
+                              detectors=ctx.det_infos, results=results, untouched=untouched,
                               robustness=rob, checks=checks,
                               files={"samples": "samples.json", "examples": "examples"})
-    card.save(out_dir / "scorecard.json")
-    return card
 
 
 # ---------------------------------------------------------------------------- summary

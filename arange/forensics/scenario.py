@@ -148,7 +148,7 @@ GATE_METRICS = ("pixel_auc", "f1", "iou", "image_auc", "image_fpr")
 
 def load_forensics_scenario(raw: dict[str, Any], source: str, base_dir: Path | None
                             ) -> ForensicsScenario:
-    """Validate a ``task: forgery_localization`` mapping (the :class:`arange.tasks.Task`
+    """Validate a ``task: forgery_localization`` mapping (the :class:`arange.core.task.Task`
     loader)."""
     return load_task_scenario(ForensicsScenario, raw, source, base_dir,
                               validate_forensics_scenario)

@@ -103,30 +103,6 @@ def train_cached(kind: str, spec: dict[str, Any], trainer: Trainer, *, progress:
     return Trained(path, sha, {**info, "cached": False})
 
 
-def forge_training_set(train: np.ndarray, inpainters: dict[str, Any], n: int, crop: int,
-                       mask_kinds: tuple[str, ...], min_area: float, max_area: float,
-                       real_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` training patches (uint8 NHWC) and their masks (bool NHW): a ``real_fraction`` of
-    them untouched (empty mask), the rest forged by the given inpainters in turn."""
-    from .data import random_crops
-    from .inpainters import inpaint
-    from .masks import make_masks
-
-    rng = np.random.default_rng([seed, 11])
-    images = random_crops(train, n, crop, rng)
-    masks, _ = make_masks(n, crop, crop, rng, mask_kinds, min_area, max_area)
-    real = rng.random(n) < real_fraction
-    masks[real] = False
-    forged_idx = np.nonzero(~real)[0]
-    names = sorted(inpainters)
-    which = rng.integers(0, len(names), len(forged_idx))
-    for j, name in enumerate(names):
-        idx = forged_idx[which == j]
-        if len(idx):
-            images[idx] = inpaint(inpainters[name], images[idx], masks[idx])
-    return images, masks
-
-
 def detector_loss(net: nn.Module, x: torch.Tensor, m: torch.Tensor,
                   image_weight: float = 0.5) -> torch.Tensor:
     """Pixel BCE on the map plus the image-level BCE of the score read off the map."""

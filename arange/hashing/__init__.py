@@ -6,13 +6,8 @@ detection avoidance, white-box evasion and targeted collision attacks.
   surrogates.
 * :mod:`.data` - the embedded photographs and ``imagefolder``.
 * :mod:`.attacks` - NES (black-box), PGD through the surrogate (white-box), objectives.
-* :mod:`.scenario`, :mod:`.runner`, :mod:`.scorecard` - the ``hash_matching`` task.
+* :mod:`.scenario`, :mod:`.runner`, :mod:`.scorecard`, :mod:`.task` - the ``hash_matching``
+  task. Nothing is imported here, so the scorecard model stays torch-free for the dashboard.
 """
 
 from __future__ import annotations
-
-from .fast import FAST_HASHES, HashSurrogate, fast_hash
-from .reference import HASHES, reference_bits, reference_bits_batch
-
-__all__ = ["FAST_HASHES", "HASHES", "HashSurrogate", "fast_hash", "reference_bits",
-           "reference_bits_batch"]

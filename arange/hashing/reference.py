@@ -119,10 +119,13 @@ def reference_bits_batch(name: str, images: np.ndarray,
         np.zeros((0, HASHES.get(name).bits(params or {})), dtype=bool)
 
 
-def read_png(path: str | Path) -> np.ndarray:
-    """An 8-bit RGB image as the reference libraries will see it."""
+def read_png(source: str | Path | bytes) -> np.ndarray:
+    """An 8-bit RGB image as the reference libraries will see it, from a PNG file or its
+    bytes (the bytes the run folder gets)."""
+    import io
+
     from PIL import Image
-    with Image.open(path) as im:
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
         return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
 
 

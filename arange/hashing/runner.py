@@ -10,31 +10,32 @@ What counts is decided here, never by an attack:
    verdict counts: a claimed success the reference rejects is reported, never counted.
 
 Evasion succeeds when no database entry lies within the threshold of the image's reference hash;
-collision when the chosen database entry does. Jobs are written atomically to ``OUT/jobs/`` under
-a content key, so an interrupted run resumes without redoing finished jobs.
+collision when the chosen database entry does. The verdict is taken on the exact PNG bytes
+the driver then writes to ``OUT/images/<job_id>/`` (before the job's record, so a record on disk
+always has its evidence). The driver (:mod:`arange.core.driver`) owns job keys, records, resume
+and the executors; this module supplies the ``hash_matching`` task's hooks.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import io
 import itertools
-import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from arange import __version__
+from arange._version import __version__
+from arange.core.driver import CLEAR, FILES
+from arange.core.executors import Chain
+from arange.core.task import content_key
+from arange.errors import ArangeError
 from arange.expr import format_eps
-from arange.scorecard import Check, format_checks, run_environment
+from arange.scorecard import Check, format_checks
 from arange.stats import wilson_interval
 from arange.store import atomic_write_bytes, atomic_write_json
 from arange.threat import ThreatModel, enforce, project
@@ -74,6 +75,10 @@ from .scorecard import (
     TransferCell,
     TransferRow,
 )
+
+if TYPE_CHECKING:
+    from arange.core.driver import RunState
+    from arange.core.executors import Progress
 
 log = logging.getLogger(__name__)
 JOB_FORMAT = 1
@@ -115,6 +120,7 @@ class HashJob:
     eps: float
     threshold: int
     key: str
+    units: int = 1   # images attacked (the progress bar's unit)
 
     @property
     def job_id(self) -> str:
@@ -135,8 +141,8 @@ def expand_jobs(s: HashScenario, data_fp: str, n: int) -> list[HashJob]:
             for eps in a.eps:
                 spec = {**base, "threshold": t, "eps": eps,
                         "attack": a.model_dump(mode="json", exclude={"eps"})}
-                key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
-                jobs.append(HashJob(a, eps, t, key))
+                key = content_key(spec)
+                jobs.append(HashJob(a, eps, t, key, n))
     return jobs
 
 
@@ -184,7 +190,7 @@ class Context:
     transfer: dict[str, int]             # hash -> threshold
     transfer_db: dict[str, np.ndarray]   # hash -> reference bits of the database
     device: torch.device
-    out: Path
+    fingerprint: str
 
 
 def _success_mask(goal: str, bits: np.ndarray, db: np.ndarray, rows: np.ndarray,
@@ -199,6 +205,8 @@ def _success_mask(goal: str, bits: np.ndarray, db: np.ndarray, rows: np.ndarray,
 
 
 def run_job(job: HashJob, ctx: Context, bar: Any = None) -> dict[str, Any]:
+    """Attack every image, then verify each candidate success with the reference library on
+    its PNG bytes; the bytes travel in the record (``_files``) for the driver to write."""
     s, x, dev = ctx.s, ctx.x, ctx.device
     a = job.attack
     spec = HASHES.get(s.target.hash)
@@ -245,14 +253,13 @@ def run_job(job: HashJob, ctx: Context, bar: Any = None) -> dict[str, Any]:
     mem_ok, d_ref = _success_mask(a.goal, mem_bits, ctx.db, rows, job.threshold, targets)
     success = np.zeros(n, dtype=bool)
     pngs: list[str | None] = [None] * n
-    img_dir = ctx.out / "images" / job.job_id
-    shutil.rmtree(img_dir, ignore_errors=True)  # no stale evidence from an earlier run
+    files: dict[str, bytes] = {}
     transfer: dict[str, list[bool | None]] = {h: [None] * n for h in ctx.transfer}
     for i in np.nonzero(claimed | mem_ok)[0].tolist():
         rel = f"images/{job.job_id}/{i:04d}.png"
-        atomic_write_bytes(img_dir / f"{i:04d}.png", _png_bytes(adv[i]))
+        files[rel] = _png_bytes(adv[i])
         pngs[i] = rel
-        back = read_png(ctx.out / rel)
+        back = read_png(files[rel])
         bits = reference_bits(s.target.hash, back, ctx.params)[None]
         ok, dist = _success_mask(a.goal, bits, ctx.db, np.array([i]), job.threshold, targets)
         success[i] = bool(ok[0])
@@ -281,19 +288,8 @@ def run_job(job: HashJob, ctx: Context, bar: Any = None) -> dict[str, Any]:
         "ssim": [q[0] for q in quality],
         "psnr": [q[1] if np.isfinite(q[1]) else None for q in quality],
         "violations": violations.tolist(), "png": pngs, "transfer": transfer,
+        FILES: files, CLEAR: [f"images/{job.job_id}"],  # no stale evidence of an earlier run
     }
-
-
-def _load_job(path: Path, key: str, out: Path) -> dict[str, Any] | None:
-    try:
-        rec = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if rec.get("format") != JOB_FORMAT or rec.get("key") != key:
-        return None
-    if any(p is not None and not (out / p).is_file() for p in rec.get("png", [])):
-        return None  # the evidence is gone: run the job again
-    return rec  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------------------- tables
@@ -496,38 +492,55 @@ def _monotonic(rows: list[HashResultRow], axis: str, what: str) -> Check:
 
 # ---------------------------------------------------------------------------- the run
 
-LIBRARIES = ("imagehash", "pdqhash", "pillow", "numpy", "scipy", "PyWavelets", "scikit-image",
-             "scikit-learn", "pydantic")  # versions recorded in the provenance
 
-
-def run_hash_scenario(s: HashScenario, out: str | Path | None = None, *,
-                      device: str | None = None, resume: bool = True, progress: bool = True,
-                      scenario_path: str | Path | None = None) -> HashScorecard:
-    """Run every job of ``s`` and write ``OUT/scorecard.json`` (see the module docstring)."""
-    from tqdm.auto import tqdm
-
-    from arange.runner import resolve_device
-
-    started = dt.datetime.now(dt.UTC)
-    t_start = time.perf_counter()
-    dev = resolve_device(device or s.device)
+def prepare(s: HashScenario, dev: torch.device) -> Context:
+    """The images, the database (reference bits) and the transfer hashes' databases."""
     t = s.target
-    spec = HASHES.get(t.hash)
-    params = spec.check_params(t.hash_params)
+    params = HASHES.get(t.hash).check_params(t.hash_params)
     data = load_images(t.dataset.name, **t.dataset.options).subset(t.samples)
-    n = len(data)
-    out_dir = Path(out) if out is not None else Path("runs") / s.name
-    (out_dir / "jobs").mkdir(parents=True, exist_ok=True)
     torch.manual_seed(s.seed)
-
-    x = data.tensor(dev)
     db = reference_bits_batch(t.hash, data.images, params)
     transfer = dict(s.evaluation.transfer) if s.evaluation.transfer is not None else {
         name: HASHES.get(name).default_threshold for name in HASHES.names()}
     transfer.setdefault(t.hash, t.thresholds[0])
     transfer_db = {h: (db if h == t.hash else reference_bits_batch(h, data.images, {}))
                    for h in transfer}
-    ctx = Context(s, data, x, params, db, transfer, transfer_db, dev, out_dir)
+    return Context(s, data, data.tensor(dev), params, db, transfer, transfer_db, dev,
+                   data.fingerprint())
+
+
+def worker_prepare(s: HashScenario, dev: torch.device, identity: dict[str, Any],
+                   where: str) -> Context:
+    ctx = prepare(s, dev)
+    if ctx.fingerprint != identity["data_fingerprint"]:
+        raise ArangeError(f"{where}: the images differ from the driver's; give a dataset path "
+                          "every node can read")
+    if content_key({"db": ctx.db.tolist()}) != identity["database"]:
+        raise ArangeError(f"{where}: the reference library hashes the database differently "
+                          "from the driver's (same imagehash/pdqhash versions on every node?)")
+    return ctx
+
+
+def identity(ctx: Context) -> dict[str, Any]:
+    return {"data_fingerprint": ctx.fingerprint, "database": content_key({"db": ctx.db.tolist()})}
+
+
+def plan(s: HashScenario, ctx: Context) -> list[Chain]:
+    return [Chain([j]) for j in expand_jobs(s, ctx.fingerprint, len(ctx.data))]
+
+
+def run_planned_job(ctx: Context, job: HashJob, progress: Progress | None) -> dict[str, Any]:
+    return run_job(job, ctx, progress)
+
+
+def build_scorecard(state: RunState) -> HashScorecard:
+    """Clean detection on the originals read back from PNG, fast-path agreement, the FPR
+    curves, the rows, the transfer table, the checks and the per-image side file."""
+    s: HashScenario = state.scenario
+    ctx: Context = state.prepared
+    t, data, out_dir = s.target, ctx.data, state.out
+    spec = HASHES.get(t.hash)
+    params, db, n = ctx.params, ctx.db, len(ctx.data)
 
     # originals: saved as PNG (for the gallery) and read back for the clean detection rate
     orig_bits = []
@@ -546,9 +559,9 @@ def run_hash_scenario(s: HashScenario, out: str | Path | None = None, *,
     agreement = []
     for h in FAST_HASHES:
         hp = params if h == t.hash else HASHES.get(h).check_params({})
-        ref = db if h == t.hash else (transfer_db[h] if h in transfer_db else
+        ref = db if h == t.hash else (ctx.transfer_db[h] if h in ctx.transfer_db else
                                       reference_bits_batch(h, data.images, hp))
-        fb = ExactHash(h, int(hp.get("hash_size", 8)))(x).bool().cpu().numpy()
+        fb = ExactHash(h, int(hp.get("hash_size", 8)))(ctx.x).bool().cpu().numpy()
         exact = (fb == ref).all(axis=1)
         k = int(exact.sum())
         r, ci = _rate(k, n)
@@ -556,34 +569,10 @@ def run_hash_scenario(s: HashScenario, out: str | Path | None = None, *,
                                    bit_agreement=float((fb == ref).mean()) if n else 1.0,
                                    mismatched=[data.ids[i] for i in np.nonzero(~exact)[0][:20]]))
 
-    curves = [fpr_curve(t.hash, db)] + [fpr_curve(h, transfer_db[h]) for h in transfer
+    curves = [fpr_curve(t.hash, db)] + [fpr_curve(h, ctx.transfer_db[h]) for h in ctx.transfer
                                         if h != t.hash]
     fpr = curves[0]
-
-    jobs = expand_jobs(s, data.fingerprint(), n)
-    finished: dict[str, dict[str, Any]] = {}
-    if resume:
-        for job in jobs:
-            rec = _load_job(out_dir / "jobs" / f"{job.job_id}.json", job.key, out_dir)
-            if rec is not None:
-                finished[job.key] = rec
-    reused = len(finished)
-    if reused:
-        log.info("resuming: %d of %d jobs already finished in %s", reused, len(jobs),
-                 out_dir / "jobs")
-    todo = [j for j in jobs if j.key not in finished]
-    bar = tqdm(total=n * len(todo), desc="attacking", unit="img", disable=not progress,
-               dynamic_ncols=True)
-    records: list[tuple[HashJob, dict[str, Any]]] = []
-    for job in jobs:
-        rec = finished.get(job.key)
-        if rec is None:
-            bar.set_postfix_str(job.job_id)
-            rec = run_job(job, ctx, bar)
-            atomic_write_json(out_dir / "jobs" / f"{job.job_id}.json", rec)
-        records.append((job, rec))
-    bar.close()
-
+    records = state.records
     rows = [_result_row(j, r, s, fpr) for j, r in records]
     transfer_rows = [_transfer_row(j, r, ctx) for j, r in records]
     sweep = []
@@ -603,21 +592,18 @@ def run_hash_scenario(s: HashScenario, out: str | Path | None = None, *,
     atomic_write_json(out_dir / "samples.json", samples)
 
     prov = HashProvenance(
-        **run_environment(dev, s.seed, started, t_start, LIBRARIES),
-        reference=spec.describe(params),
-        dataset=data.name, dataset_fingerprint=data.fingerprint(), dataset_info=data.info,
-        scenario_path=str(scenario_path) if scenario_path else None,
-        scenario=s.model_dump(mode="json"), jobs_reused=reused)
+        **state.environment(), reference=spec.describe(params),
+        dataset=data.name, dataset_fingerprint=ctx.fingerprint, dataset_info=data.info,
+        scenario_path=state.scenario_path, scenario=s.model_dump(mode="json"),
+        jobs_reused=state.reused)
     matcher = Matcher(hash=t.hash, hash_params=params, bits=int(db.shape[1]),
                       thresholds=list(t.thresholds), database_size=n,
                       reference=spec.describe(params), fast_path=spec.fast)
-    card = HashScorecard(name=s.name, provenance=prov, matcher=matcher, agreement=agreement,
+    return HashScorecard(name=s.name, provenance=prov, matcher=matcher, agreement=agreement,
                          detection=detection, fpr=curves, results=rows,
                          transfer=transfer_rows, sweep=sweep, checks=checks,
                          files={"samples": "samples.json", "images": "images",
                                 "originals": "images/original"})
-    card.save(out_dir / "scorecard.json")
-    return card
 
 
 # ---------------------------------------------------------------------------- summary

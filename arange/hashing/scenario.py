@@ -118,6 +118,7 @@ class HashGate(_Strict):
     threshold: int | None = None
     min: OptionalNumber = None
     max: OptionalNumber = None
+    max_drop: OptionalNumber = None
 
 
 class HashScenario(_Strict):
@@ -133,7 +134,7 @@ class HashScenario(_Strict):
 
 
 def load_hash_scenario(raw: dict[str, Any], source: str, base_dir: Path | None) -> HashScenario:
-    """Validate a ``task: hash_matching`` mapping (the :class:`arange.tasks.Task` loader)."""
+    """Validate a ``task: hash_matching`` mapping (the :class:`arange.core.task.Task` loader)."""
     return load_task_scenario(HashScenario, raw, source, base_dir, validate_hash_scenario)
 
 
@@ -209,8 +210,8 @@ def validate_hash_scenario(s: HashScenario, source: str = "<scenario>") -> None:
     for i, g in enumerate(s.gates):
         path = f"gates[{i}]"
         check_gate_rule(g, HASH_METRICS, source, path)
-        if g.min is None and g.max is None:
-            raise _fail(source, path, "needs min or max")
+        if g.min is None and g.max is None and g.max_drop is None:
+            raise _fail(source, path, "needs at least one of min, max or max_drop")
         if g.attack is not None and g.attack not in keys:
             raise _fail(source, f"{path}.attack", f"no attack {g.attack!r} in this scenario"
                         f"{suggest(g.attack, keys)} (attacks: {', '.join(keys)})")

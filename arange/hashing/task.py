@@ -1,19 +1,73 @@
-"""Registers the ``hash_matching`` task with :mod:`arange.tasks`."""
+"""The ``hash_matching`` task: a perceptual-hash matcher under detection-avoidance and
+collision attacks (hooks in :mod:`.runner`, scenario in :mod:`.scenario`, scorecard in
+:mod:`.scorecard`), and its gate metrics."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from arange.tasks import register_task
+from arange.core.task import Task, register_task
 
 from .scenario import TASK, load_hash_scenario
 
-register_task(TASK, load_hash_scenario, "arange.hashing.runner", "run_hash_scenario",
-              "format_hash_summary",
-              description="perceptual-hash matcher (imagehash, PDQ) under detection-avoidance "
-              "and collision attacks",
-              short="perceptual-hash matching under evasion and collision attacks")
+if TYPE_CHECKING:
+    import torch
+
+    from arange.core.driver import RunState
+    from arange.core.executors import Chain, Progress
+
+
+class HashTask(Task):
+    name = TASK
+    description = ("perceptual-hash matcher (imagehash, PDQ) under detection-avoidance and "
+                   "collision attacks")
+    short = "perceptual-hash matching under evasion and collision attacks"
+    unit = "img"
+    job_format = 1
+    libraries = ("imagehash", "pdqhash", "pillow", "numpy", "scipy", "PyWavelets",
+                 "scikit-image", "scikit-learn", "pydantic")
+
+    def load(self, raw: dict[str, Any], source: str, folder: Path | None) -> Any:
+        return load_hash_scenario(raw, source, folder)
+
+    def prepare(self, scenario: Any, device: torch.device, progress: bool) -> Any:
+        from .runner import prepare
+        return prepare(scenario, device)
+
+    def plan(self, scenario: Any, prepared: Any) -> list[Chain]:
+        from .runner import plan
+        return plan(scenario, prepared)
+
+    def run_job(self, prepared: Any, job: Any, mask: Any, progress: Progress | None
+                ) -> dict[str, Any]:
+        from .runner import run_planned_job
+        return run_planned_job(prepared, job, progress)
+
+    def identity(self, prepared: Any) -> dict[str, Any]:
+        from .runner import identity
+        return identity(prepared)
+
+    def worker_prepare(self, scenario: Any, device: torch.device, identity: dict[str, Any],
+                       where: str) -> Any:
+        from .runner import worker_prepare
+        return worker_prepare(scenario, device, identity, where)
+
+    def scorecard(self, state: RunState) -> Any:
+        from .runner import build_scorecard
+        return build_scorecard(state)
+
+    def summary(self, card: Any) -> str:
+        from .runner import format_hash_summary
+        return format_hash_summary(card)
+
+    def load_scorecard(self, path: Path) -> Any:
+        from .scorecard import load_hash_scorecard
+        return load_hash_scorecard(path)
+
+
+register_task(HashTask())
 
 
 def _fpr_rows(card: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -27,6 +81,12 @@ def _fpr_rows(card: Mapping[str, Any]) -> list[dict[str, Any]]:
             for t in matcher["thresholds"]]
 
 
+def _verified(row: Mapping[str, Any], card: Mapping[str, Any], samples: Mapping[str, Any]
+              ) -> list[bool | None]:
+    """Per image: the attack's success as the reference library verified it."""
+    return [bool(v) for v in samples["jobs"][row["job_id"]]["success"]]
+
+
 def _register_gate_metrics() -> None:
     from arange.gates import METRICS, Metric, register_metrics
 
@@ -36,10 +96,12 @@ def _register_gate_metrics() -> None:
     register_metrics(TASK, [
         Metric("evasion_rate", table="results", field="rate", higher_is_better=False,
                key_fields=attack, selectors=attack, where=(("goal", "evasion"),),
+               outcomes=_verified,
                description="images that no longer match their database entry within the "
                "threshold, verified by the reference library on the saved PNG"),
         Metric("collision_rate", table="results", field="rate", higher_is_better=False,
                key_fields=attack, selectors=attack, where=(("goal", "collision"),),
+               outcomes=_verified,
                description="images pushed within the threshold of another image's hash, "
                "verified by the reference library on the saved PNG"),
         Metric("clean_detection_rate", table="detection", field="rate", higher_is_better=True,
