@@ -41,7 +41,15 @@ from .expr import format_eps
 from .models import build_model, load_weights
 from .registry import ATTACKS, DEFENSES
 from .scenario import AttackSpec, DefenseSpec, Scenario
-from .scorecard import CleanRow, Provenance, ResultRow, Scorecard, WorstCaseRow
+from .scorecard import (
+    CleanRow,
+    Provenance,
+    ResultRow,
+    Scorecard,
+    WorstCaseRow,
+    format_summary,
+    load_scorecard,
+)
 from .speed import BatchSize, place_batch, place_model, restore_rng, rng_state
 from .stats import wilson_interval
 from .threat import ThreatModel, enforce
@@ -384,10 +392,6 @@ def _row(job: Job, rec: dict[str, Any], data: ImageDataset, clean_acc: float,
         adaptive_method=job.adaptive, adapts=job.adapts)
 
 
-LIBRARIES = ("torchvision", "numpy", "adversarial-robustness-toolbox", "foolbox", "pydantic",
-             "scikit-learn")  # versions recorded in the provenance
-
-
 @dataclass
 class Prepared:
     """The classification run's state: the target, its defenses and their clean predictions."""
@@ -556,6 +560,14 @@ def build_scorecard(state: RunState) -> Scorecard:
     return Scorecard(task=s.task, name=s.name, provenance=prov, clean=p.clean_rows,
                      results=rows, worst_case=worst, checks=checks,
                      files={"samples": "samples.json", "examples": "examples"})
+
+
+def summary(card: Scorecard) -> str:
+    return format_summary(card)
+
+
+__all__ = ["build_scorecard", "identity", "load_scorecard", "plan", "prepare", "run_planned_job",
+           "summary", "worker_prepare"]  # the task's hooks (arange.core.task)
 
 
 def run_scenario(s: Scenario, out: str | Path | None = None, **options: Any) -> Scorecard:

@@ -7,21 +7,23 @@ writing the scorecard. A task fills in the hooks below, as a Lightning module fi
 
 =====================  ==========================================================================
 ``load``               raw YAML mapping -> its validated scenario model (errors name file + path)
+
+and, as functions of its ``runner`` module (imported on first use):
+
 ``prepare``            scenario, device -> what the jobs need (data, models, references); bad
                        input fails here, before anything is written
 ``plan``               -> the jobs, grouped in chains (:class:`~arange.core.executors.Chain`)
-``run_job``            one job -> its record (JSON-able; ``_files`` maps run-folder paths to bytes
+``run_planned_job``    one job -> its record (JSON-able; ``_files`` maps run-folder paths to bytes
                        the driver writes before the record)
-``chain_mask``         a record -> the input of the next job of its chain
-``job_units``          a job's size for the progress bar
 ``identity``           what a Ray worker must reproduce (weights hash, data fingerprint, ...)
 ``worker_prepare``     ``prepare`` on a worker, checked against ``identity``
-``scorecard``          the records -> the typed scorecard (metrics, CIs, checks, provenance)
+``build_scorecard``    the records -> the typed scorecard (metrics, CIs, checks, provenance)
 ``summary``            scorecard -> the terminal table
 ``load_scorecard``     a scorecard file -> the task's typed scorecard (gate, dashboard)
 =====================  ==========================================================================
 
-Gate metrics are registered by each task with :mod:`arange.gates`; dashboard views by the
+A task with chained jobs overrides :meth:`Task.chain_mask` (a record -> the next job's input)
+and :meth:`Task.job_units` (a job's size for the progress bar). Gate metrics are registered by each task with :mod:`arange.gates`; dashboard views by the
 dashboard's page registry, keyed by the task name.
 """
 
@@ -60,27 +62,39 @@ def content_key(spec: dict[str, Any]) -> str:
 
 
 class Task:
-    """Base class of the ranges. Subclasses set ``name`` and the text attributes and implement
-    every hook in :data:`HOOKS`; :func:`register_task` refuses a class that misses one."""
+    """Base class of the ranges. A subclass sets ``name``, the text attributes, ``runner`` (the
+    module holding the hooks in :data:`RUNNER_HOOKS`, imported on first use so that loading a
+    scenario stays light) and implements :meth:`load`; :func:`register_task` checks both."""
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""   # ``arange list`` text
     short: ClassVar[str] = ""         # the registry's one-liner
+    runner: ClassVar[str] = ""        # module with the hooks below
     unit: ClassVar[str] = "img"       # progress bar unit
+    job_format: ClassVar[int] = 1     # version of the job records (part of every job key)
     libraries: ClassVar[tuple[str, ...]] = ()  # versions recorded in the provenance
 
     def load(self, raw: dict[str, Any], source: str, folder: Path | None) -> Any:
+        """Raw YAML mapping -> the task's validated scenario (errors name file and path)."""
         raise NotImplementedError
+
+    def _hook(self, name: str) -> Any:
+        fn = getattr(importlib.import_module(self.runner), name, None)
+        if not callable(fn):
+            raise ArangeError(f"task {self.name!r}: {self.runner} has no {name}()")
+        return fn
 
     def prepare(self, scenario: Any, device: torch.device, progress: bool) -> Any:
-        raise NotImplementedError
+        return self._hook("prepare")(scenario, device, progress)
 
     def plan(self, scenario: Any, prepared: Any) -> list[Chain]:
-        raise NotImplementedError
+        chains: list[Chain] = self._hook("plan")(scenario, prepared)
+        return chains
 
     def run_job(self, prepared: Any, job: Any, mask: Any, progress: Progress | None
                 ) -> dict[str, Any]:
-        raise NotImplementedError
+        record: dict[str, Any] = self._hook("run_planned_job")(prepared, job, mask, progress)
+        return record
 
     def chain_mask(self, record: dict[str, Any]) -> Any:
         """The input of the next job in a chain; tasks without chains return ``None``."""
@@ -91,25 +105,26 @@ class Task:
         return int(getattr(job, "units", 1))
 
     def identity(self, prepared: Any) -> dict[str, Any]:
-        raise NotImplementedError
+        identity: dict[str, Any] = self._hook("identity")(prepared)
+        return identity
 
     def worker_prepare(self, scenario: Any, device: torch.device, identity: dict[str, Any],
                        where: str) -> Any:
-        raise NotImplementedError
+        return self._hook("worker_prepare")(scenario, device, identity, where)
 
     def scorecard(self, state: RunState) -> Any:
-        raise NotImplementedError
+        return self._hook("build_scorecard")(state)
 
     def summary(self, card: Any) -> str:
-        raise NotImplementedError
+        return str(self._hook("summary")(card))
 
     def load_scorecard(self, path: Path) -> Any:
-        raise NotImplementedError
+        return self._hook("load_scorecard")(path)
 
 
-# The hooks every task must implement (the base class's defaults only for the optional ones).
-HOOKS = ("load", "prepare", "plan", "run_job", "identity", "worker_prepare", "scorecard",
-         "summary", "load_scorecard")
+# The functions a task's runner module defines (Task's methods of the same role call them).
+RUNNER_HOOKS = ("prepare", "plan", "run_planned_job", "identity", "worker_prepare",
+                "build_scorecard", "summary", "load_scorecard")
 
 
 TASKS: Registry[Task] = Registry("task")
@@ -128,14 +143,19 @@ _imported = False
 
 
 def register_task(task: Task) -> Task:
-    """Register ``task``; a missing hook or a duplicate name raises (a module imported twice,
-    e.g. a reload, registers the same class again, which is allowed)."""
+    """Register ``task``: it needs a name, its own ``load`` and a ``runner`` module that exists
+    (its hooks are checked when first used, and by the task contract tests); a duplicate name
+    raises (a module imported twice, e.g. a reload, registers the same class again, which is
+    allowed)."""
+    import importlib.util
+
     cls = type(task)
     if not cls.name:
         raise ArangeError(f"task {cls.__name__} has no name")
-    missing = [h for h in HOOKS if getattr(cls, h) is getattr(Task, h)]
-    if missing:
-        raise ArangeError(f"task {cls.name!r} does not implement {', '.join(missing)}")
+    if cls.load is Task.load:
+        raise ArangeError(f"task {cls.name!r} does not implement load")
+    if not cls.runner or importlib.util.find_spec(cls.runner) is None:
+        raise ArangeError(f"task {cls.name!r}: runner module {cls.runner!r} not found")
     if cls.name in TASKS:
         if type(TASKS.get(cls.name)).__qualname__ == cls.__qualname__:
             return TASKS.get(cls.name)

@@ -60,6 +60,7 @@ from .scorecard import (
     RobustnessRow,
     UntouchedRow,
 )
+from .scorecard import load_forensics_scorecard as load_scorecard  # noqa: F401  (a task hook)
 from .training import train_detector
 
 if TYPE_CHECKING:
@@ -363,7 +364,8 @@ class ForensicsJob:
     spec: dict[str, Any]
 
 
-def run_planned_job(ctx: Context, job: ForensicsJob) -> dict[str, Any]:
+def run_planned_job(ctx: Context, job: ForensicsJob, mask: Any = None, progress: Any = None
+                    ) -> dict[str, Any]:
     sp = job.spec
     ctx.files = {}
     if sp["job"] == "untouched":
@@ -626,6 +628,10 @@ def build_scorecard(state: RunState) -> ForensicsScorecard:
 
 
 # ---------------------------------------------------------------------------- summary
+
+def summary(card: ForensicsScorecard) -> str:
+    return format_forensics_summary(card)
+
 
 def format_forensics_summary(card: ForensicsScorecard) -> str:
     p = card.provenance

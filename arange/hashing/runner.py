@@ -75,6 +75,7 @@ from .scorecard import (
     TransferCell,
     TransferRow,
 )
+from .scorecard import load_hash_scorecard as load_scorecard  # noqa: F401  (a task hook)
 
 if TYPE_CHECKING:
     from arange.core.driver import RunState
@@ -493,7 +494,7 @@ def _monotonic(rows: list[HashResultRow], axis: str, what: str) -> Check:
 # ---------------------------------------------------------------------------- the run
 
 
-def prepare(s: HashScenario, dev: torch.device) -> Context:
+def prepare(s: HashScenario, dev: torch.device, progress: bool = False) -> Context:
     """The images, the database (reference bits) and the transfer hashes' databases."""
     t = s.target
     params = HASHES.get(t.hash).check_params(t.hash_params)
@@ -511,7 +512,7 @@ def prepare(s: HashScenario, dev: torch.device) -> Context:
 
 def worker_prepare(s: HashScenario, dev: torch.device, identity: dict[str, Any],
                    where: str) -> Context:
-    ctx = prepare(s, dev)
+    ctx = prepare(s, dev, False)
     if ctx.fingerprint != identity["data_fingerprint"]:
         raise ArangeError(f"{where}: the images differ from the driver's; give a dataset path "
                           "every node can read")
@@ -529,7 +530,8 @@ def plan(s: HashScenario, ctx: Context) -> list[Chain]:
     return [Chain([j]) for j in expand_jobs(s, ctx.fingerprint, len(ctx.data))]
 
 
-def run_planned_job(ctx: Context, job: HashJob, progress: Progress | None) -> dict[str, Any]:
+def run_planned_job(ctx: Context, job: HashJob, mask: Any, progress: Progress | None
+                    ) -> dict[str, Any]:
     return run_job(job, ctx, progress)
 
 
@@ -607,6 +609,10 @@ def build_scorecard(state: RunState) -> HashScorecard:
 
 
 # ---------------------------------------------------------------------------- summary
+
+def summary(card: HashScorecard) -> str:
+    return format_hash_summary(card)
+
 
 def format_hash_summary(card: HashScorecard) -> str:
     m = card.matcher

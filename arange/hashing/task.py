@@ -6,17 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from arange.core.task import Task, register_task
 
 from .scenario import TASK, load_hash_scenario
-
-if TYPE_CHECKING:
-    import torch
-
-    from arange.core.driver import RunState
-    from arange.core.executors import Chain, Progress
 
 
 class HashTask(Task):
@@ -25,46 +19,12 @@ class HashTask(Task):
                    "collision attacks")
     short = "perceptual-hash matching under evasion and collision attacks"
     unit = "img"
-    job_format = 1
     libraries = ("imagehash", "pdqhash", "pillow", "numpy", "scipy", "PyWavelets",
                  "scikit-image", "scikit-learn", "pydantic")
+    runner = "arange.hashing.runner"
 
     def load(self, raw: dict[str, Any], source: str, folder: Path | None) -> Any:
         return load_hash_scenario(raw, source, folder)
-
-    def prepare(self, scenario: Any, device: torch.device, progress: bool) -> Any:
-        from .runner import prepare
-        return prepare(scenario, device)
-
-    def plan(self, scenario: Any, prepared: Any) -> list[Chain]:
-        from .runner import plan
-        return plan(scenario, prepared)
-
-    def run_job(self, prepared: Any, job: Any, mask: Any, progress: Progress | None
-                ) -> dict[str, Any]:
-        from .runner import run_planned_job
-        return run_planned_job(prepared, job, progress)
-
-    def identity(self, prepared: Any) -> dict[str, Any]:
-        from .runner import identity
-        return identity(prepared)
-
-    def worker_prepare(self, scenario: Any, device: torch.device, identity: dict[str, Any],
-                       where: str) -> Any:
-        from .runner import worker_prepare
-        return worker_prepare(scenario, device, identity, where)
-
-    def scorecard(self, state: RunState) -> Any:
-        from .runner import build_scorecard
-        return build_scorecard(state)
-
-    def summary(self, card: Any) -> str:
-        from .runner import format_hash_summary
-        return format_hash_summary(card)
-
-    def load_scorecard(self, path: Path) -> Any:
-        from .scorecard import load_hash_scorecard
-        return load_hash_scorecard(path)
 
 
 register_task(HashTask())

@@ -1,0 +1,73 @@
+"""The task protocol: every registered task passes the same contract (timm-style tests over
+the registry), and registration refuses a task that does not fit it."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from arange.core.task import RUNNER_HOOKS, TASKS, Task, get_task, register_task, task_names
+from arange.errors import ArangeError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_three_ranges_are_registered() -> None:
+    assert task_names() == ["classification", "forgery_localization", "hash_matching"]
+
+
+@pytest.mark.parametrize("name", ["classification", "hash_matching", "forgery_localization"])
+def test_every_task_fills_every_hook(name: str) -> None:
+    task = get_task(name)
+    runner = importlib.import_module(task.runner)
+    arity = {"prepare": 3, "plan": 2, "run_planned_job": 4, "identity": 1,
+             "worker_prepare": 4, "build_scorecard": 1, "summary": 1, "load_scorecard": 1}
+    for hook in RUNNER_HOOKS:
+        fn = getattr(runner, hook, None)
+        assert callable(fn), f"{task.runner} has no {hook}()"
+        params = inspect.signature(fn).parameters.values()
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY,
+                                                      p.POSITIONAL_OR_KEYWORD)]
+        required = [p for p in positional if p.default is p.empty]
+        assert len(required) <= arity[hook] <= len(positional), (hook, list(params))
+    assert task.description and task.short and task.libraries
+
+
+@pytest.mark.parametrize("scenario", sorted((ROOT / "scenarios").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_scenario_loads_through_its_task(scenario: Path) -> None:
+    from arange.scenario import load_scenario
+
+    s = load_scenario(scenario)
+    assert s.task in task_names()
+
+
+def test_registration_refuses_a_task_that_does_not_fit() -> None:
+    class NoName(Task):
+        pass
+
+    class NoLoad(Task):
+        name = "no_load"
+        runner = "arange.runner"
+
+    class NoRunner(Task):
+        name = "no_runner"
+        runner = "arange.no_such_module"
+
+        def load(self, raw: dict[str, Any], source: str, folder: Path | None) -> Any:
+            return raw
+
+    class Duplicate(NoRunner):
+        name = "classification"
+        runner = "arange.runner"
+
+    for cls, message in ((NoName, "has no name"), (NoLoad, "does not implement load"),
+                         (NoRunner, "runner module 'arange.no_such_module' not found"),
+                         (Duplicate, "'classification' is already registered")):
+        with pytest.raises(ArangeError, match=message):
+            register_task(cls())
+    assert "no_runner" not in TASKS
