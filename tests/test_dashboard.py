@@ -637,6 +637,40 @@ def _listening_addresses(port: int) -> set[str]:
     return found
 
 
+def wait_until_serving(url: str, proc: subprocess.Popen[Any], log: Path | None = None) -> None:
+    """Wait (90 s at most) for the Streamlit server of ``arange dashboard`` to answer."""
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail("the dashboard did not start" +
+                        (":\n" + log.read_text()[-3000:] if log is not None else ""))
+        time.sleep(0.3)
+
+
+def headless_chrome(profile: Path, monkeypatch: pytest.MonkeyPatch,
+                    window: str = "1400,2200") -> Any:
+    """A Selenium driver for Debian's Chromium, headless, offline, with a fresh profile."""
+    chrome, driver_path = _chromium()
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (test extra)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chrome
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", f"--window-size={window}",
+                 f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    monkeypatch.setenv("SE_OFFLINE", "true")  # never let Selenium Manager download anything
+    return webdriver.Chrome(service=Service(driver_path), options=options)
+
+
 @pytest.fixture
 def dashboard_server(store: Path, tmp_path: Path) -> Iterator[str]:
     port = _free_port()
@@ -646,19 +680,7 @@ def dashboard_server(store: Path, tmp_path: Path) -> Iterator[str]:
                             stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                pytest.fail("the dashboard did not start:\n" +
-                            (tmp_path / "server.log").read_text()[-3000:])
-            time.sleep(0.3)
+        wait_until_serving(url, proc, tmp_path / "server.log")
         yield url
     finally:
         proc.terminate()
@@ -676,24 +698,13 @@ def dashboard_server(store: Path, tmp_path: Path) -> Iterator[str]:
 
 def test_end_to_end_in_headless_chromium(dashboard_server: str, store: Path, tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    chrome, driver_path = _chromium()
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (test extra)")
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     port = int(dashboard_server.rsplit(":", 1)[1])
     # bound to the loopback address only (127.0.0.1 is 0100007F in /proc/net/tcp)
     assert _listening_addresses(port) == {"0100007F"}
-    options = webdriver.ChromeOptions()
-    options.binary_location = chrome
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--window-size=1400,2200",
-                 f"--user-data-dir={tmp_path / 'chrome-profile'}"):
-        options.add_argument(flag)
-    monkeypatch.setenv("SE_OFFLINE", "true")  # never let Selenium Manager download anything
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver = headless_chrome(tmp_path / "chrome-profile", monkeypatch)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     # the headline numbers of the real hash and forensics runs, as scorecard.json has them
     hash_top = f"{max(r['rate'] for r in _card(store, 'hash')['results']):.3f}"

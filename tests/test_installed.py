@@ -13,13 +13,10 @@ repository root, as a user would.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 import sysconfig
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,46 +82,26 @@ def test_ray_run_from_the_repository_root(installed: Path, tmp_path: Path) -> No
     assert [r["attack"] for r in card["results"]] == ["fgsm", "fgsm"]
 
 
-def test_dashboard_from_the_repository_root(installed: Path, tmp_path: Path) -> None:
+def test_dashboard_from_the_repository_root(installed: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Every page renders in a real browser, with no import error, when ``arange dashboard``
     (installed non-editably) is started from the repository root."""
-    from .test_dashboard import _chromium, _free_port
-
-    chrome, driver_path = _chromium()
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (test extra)")
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
+
+    from .test_dashboard import _free_port, headless_chrome, wait_until_serving
 
     runs = tmp_path / "runs"
     runs.mkdir()
     port = _free_port()
-    env = dict(os.environ, SE_OFFLINE="true")
     proc = subprocess.Popen([str(installed / "arange"), "dashboard", "--runs", str(runs),
-                             "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                             "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    options = webdriver.ChromeOptions()
-    options.binary_location = chrome
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(flag)
     driver = None
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "no dashboard"
-            time.sleep(0.3)
-        driver = webdriver.Chrome(service=Service(driver_path), options=options)
+        wait_until_serving(url, proc)
+        driver = headless_chrome(tmp_path / "profile", monkeypatch)
         for page, title in (("runs", "Runs"), ("scorecard", "Scorecard"),
                             ("examples", "Examples gallery"), ("compare", "Compare runs"),
                             ("hash", "Hash matching"), ("forensics", "Forgery localisation")):
