@@ -143,6 +143,26 @@ def run_row_checks(rows: list[ResultRow]) -> list[Check]:
     return [fn(rows) for fn in ROW_CHECKS]
 
 
+def mark_discredited(rows: list[ResultRow], checks: list[Check]) -> None:
+    """Mark the ordinary white-box rows of a defense whose ``gradients``, ``large_eps`` or
+    ``outputs`` check failed as unreliable: those checks say gradient attacks cannot be trusted
+    on it (adaptive rows are left alone; they exist for exactly that case)."""
+    why = {"gradients": "input gradients are masked on this target (the gradients check "
+                        "failed), so gradient attacks understate the risk",
+           LARGE_EPS: "even an absurd budget does not move this target (the large_eps check "
+                      "failed), a sign of masked gradients",
+           "outputs": "the target outputs NaN or Inf (the outputs check failed)"}
+    for c in checks:
+        base, _, rest = c.name.partition(" (")
+        if c.status != "fail" or base not in why:
+            continue
+        defense = rest[:-1] if rest else "none"
+        for r in rows:
+            if r.defense == defense and (base == "outputs" or (
+                    r.kind == "white-box" and not r.adaptive)) and r.unreliable is None:
+                r.unreliable = why[base]
+
+
 def check_adaptive(rows: list[ResultRow], robust: dict[str, list[bool]]) -> list[Check]:
     """Compare each ordinary row with its adaptive twin (BPDA/EOT) on the same samples.
 
@@ -210,12 +230,20 @@ def probe_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, defense: str
                             message="the model is evaluated in eval mode"))
     with torch.no_grad():
         out1, out2 = model(x), model(x)
-    if not torch.allclose(out1, out2, atol=1e-5, rtol=1e-4) and declared_random:
+    broken = int((~torch.isfinite(out1.flatten(1))).any(dim=1).sum())
+    if broken:
+        checks.append(Check(name=f"outputs{suffix}", status="fail",
+                            message=f"the target outputs NaN or Inf on {broken} of "
+                            f"{x.shape[0]} samples; no accuracy computed from it can be "
+                            "trusted (broken weights or an overflow in the model)",
+                            details={"nonfinite_samples": broken}))
+    same = torch.allclose(out1, out2, atol=1e-5, rtol=1e-4, equal_nan=True)
+    if not same and declared_random:
         checks.append(Check(name=f"randomness{suffix}", status="pass",
                             message="the defense is randomised, as it declares; its adaptive "
                             "rows attack the expectation over its randomness (EOT)",
                             details={"max_abs_diff": float((out1 - out2).abs().max())}))
-    elif not torch.allclose(out1, out2, atol=1e-5, rtol=1e-4):
+    elif not same:
         checks.append(Check(name=f"randomness{suffix}", status="warn",
                             message="the target's outputs change between identical calls; "
                             "attacks need expectation over transformation (EOT)",
@@ -501,6 +529,11 @@ def check_more_steps(ej: ExtraJob, robust: torch.Tensor, params: dict[str, Any])
             f"{p1:.1%} of {n} samples vs {p0:.1%} as configured")
     details = {"n": n, "base_success": p0, "more_success": p1, "only_more": b, "only_base": c,
                "p_value": p_value, "eps": ej.eps, "params": params}
+    if p0 == p1 == 0:
+        return Check(name=name, status="warn", message=f"{what}: neither run broke a single "
+                     "sample, which says nothing about convergence (masked gradients, or a "
+                     "budget too small to matter); see the gradients and large_eps checks",
+                     details=details)
     if abs(p1 - p0) <= _tolerance(n):
         return Check(name=name, status="pass", message=f"{what}: the attack has converged",
                      details=details)

@@ -140,13 +140,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "baseline":
             return _cmd_baseline(args)
     except ArangeError as e:
-        print(f"arange: error: {e}", file=sys.stderr)
+        print(f"arange: error: {_printable(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("arange: interrupted; finished jobs are kept, run the same command to resume",
               file=sys.stderr)
         return 130
     return 2
+
+
+def _printable(message: str, width: int = 600) -> str:
+    """An error for the terminal: control characters escaped (a value from a hostile file must
+    not forge lines or terminal sequences) and every line cut to ``width`` characters."""
+    lines = []
+    for line in message.split("\n"):
+        line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
+        lines.append(line if len(line) <= width else f"{line[:width]}... (cut)")
+    return "\n".join(lines)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ Built in:
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from .errors import DataError, ParamError
+
+# What torchvision's ImageFolder reads (its IMG_EXTENSIONS).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 from .registry import register_dataset
 
 SPLITS = ("train", "test")
@@ -171,6 +175,13 @@ class ImageFolderData:
     def __init__(self, root: str, image_size: int = 32, channels: int = 3,
                  limit: int | None = None):
         self.root = _local_root(root, "imagefolder")
+        if not self.root.is_dir():
+            raise ParamError("root", f"{self.root} is not a folder (imagefolder reads "
+                             "root/<class>/<image>)")
+        if not any(f.suffix.lower() in IMAGE_SUFFIXES for _, _, names in
+                   os.walk(self.root, followlinks=False) for f in map(Path, names)):
+            raise ParamError("root", f"{self.root} holds no image files "
+                             f"({', '.join(IMAGE_SUFFIXES)})")
         if not 8 <= image_size <= 1024:
             raise ParamError("image_size", f"must be between 8 and 1024 (got {image_size})")
         if channels not in (1, 3):
@@ -204,7 +215,13 @@ class ImageFolderData:
 
 
 def _rgb_loader(path: str) -> Any:
+    """An image as RGB; a file that is not a decodable image (corrupt, truncated, a
+    decompression bomb) is one error naming it."""
     from PIL import Image
-    with open(path, "rb") as f:
-        img = Image.open(f)
-        return img.convert("RGB")
+
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            return img.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"imagefolder: cannot read {path}: {e}") from e

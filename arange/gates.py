@@ -49,7 +49,6 @@ gate (the numbers may overstate robustness) unless the caller allows it.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import math
 import time
@@ -253,6 +252,14 @@ def _model_rule(model: Any, item: Mapping[str, Any], path: str) -> dict[str, Any
         raise GateError(f"{path}{'.' + loc if loc else ''}: {msg}") from e
 
 
+def _key(key: Any) -> str:
+    """A rule key for an error path: quoted, escaped and cut unless a plain name."""
+    from .core.safeio import short
+
+    text = str(key)
+    return text if text.isidentifier() and len(text) <= 64 else f"[{short(text, 40)}]"
+
+
 def _bound(item: Mapping[str, Any], key: str, path: str) -> float | None:
     v = item.get(key)
     if v is None:
@@ -293,7 +300,7 @@ def _rule(index: int, item: Mapping[str, Any], metrics: dict[str, list[Metric]],
     for key in selectors:
         if key not in routed and key not in m.selectors:
             allowed = sorted(set(m.selectors) | routed)
-            raise GateError(f"{path}.{key}: {metric} ({m.table}) cannot be selected by "
+            raise GateError(f"{path}.{_key(key)}: {metric} ({m.table}) cannot be selected by "
                             f"{key!r}{suggest(key, allowed)} (selectors: "
                             f"{', '.join(allowed) or 'none'}); remove it")
     return rule
@@ -433,11 +440,7 @@ class Evidence:
                 log.info("%s: no per-sample outcomes (%s); regression tests will be unpaired",
                          self.source, self.samples_path)
             else:
-                try:
-                    self._samples = json.loads(self.samples_path.read_text(encoding="utf-8"))
-                except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-                    raise GateError(f"{self.samples_path}: not a readable samples file: {e}"
-                                    ) from e
+                self._samples = read_json(self.samples_path, "samples file")
                 if not isinstance(self._samples, dict):
                     raise GateError(f"{self.samples_path}: not a samples file (expected a "
                                     "mapping)")
@@ -467,14 +470,14 @@ def decode_outcomes(text: Any, where: str) -> Outcomes:
 
 
 def read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise GateError(f"{path}: no such {what}") from None
-    except IsADirectoryError:
-        raise GateError(f"{path}: is a folder without scorecard.json") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise GateError(f"{path}: not a readable {what} JSON file: {e}") from e
+    """A JSON file arange wrote, read with the bounds of :mod:`arange.core.safeio`."""
+    from .core.safeio import load_json
+
+    if path.is_dir():
+        raise GateError(f"{path}: is a folder without scorecard.json")
+    if not path.exists() and not path.is_symlink():
+        raise GateError(f"{path}: no such {what}")
+    return load_json(path, what, error=GateError)
 
 
 def scorecard_path(path: str | Path) -> Path:
@@ -759,6 +762,16 @@ def _rate(row: Row, metric: Metric, source: str, label: str) -> tuple[float, int
             or not isinstance(n, int) or isinstance(n, bool):
         raise GateError(f"{source}: {metric.table} row {label} has no numeric "
                         f"{metric.field}/{metric.count_field}")
+    # validated before any statistics: a scorecard is input, possibly edited or hostile
+    if not math.isfinite(value) or (metric.rate and not 0 <= value <= 1) \
+            or (not metric.rate and not -1e9 <= value <= 1e9):
+        expected = "a rate in [0, 1]" if metric.rate else "a finite number"
+        raise GateError(f"{source}: {metric.table} row {label}: {metric.field} is {value!r}, "
+                        f"which no run writes ({expected} expected); the scorecard is damaged "
+                        "or edited - run the scenario again")
+    if n < 0 or n > 10**12:
+        raise GateError(f"{source}: {metric.table} row {label}: {metric.count_field} is {n}, "
+                        "which no run writes; the scorecard is damaged or edited")
     return float(value), n
 
 

@@ -27,6 +27,7 @@ from .checks import (
     ExtraJob,
     check_adaptive,
     evaluate_extra_jobs,
+    mark_discredited,
     plan_extra_jobs,
     probe_model,
     run_row_checks,
@@ -205,8 +206,10 @@ def suite_components(a: AttackSpec) -> list[AttackSpec]:
     from .attacks.suites import SUITES
 
     suite = SUITES.create(str(a.suite), **a.params)
-    return [AttackSpec(name=c.attack, label=f"{a.key}/{c.label}", norm=a.norm, eps=a.eps,
-                       params=c.params) for c in suite.components(a.norm)]
+    # built from validated parts; the '/' of the label never reaches a file name (job_id)
+    return [AttackSpec.model_construct(name=c.attack, suite=None, label=f"{a.key}/{c.label}",
+                                       norm=a.norm, eps=a.eps, params=c.params)
+            for c in suite.components(a.norm)]
 
 
 def attack_entries(s: Scenario, d: DefenseSpec) -> list[tuple[AttackSpec, str | None]]:
@@ -540,6 +543,7 @@ def build_scorecard(state: RunState) -> Scorecard:
     checks = run_row_checks(rows) + p.probe_checks + \
         evaluate_extra_jobs(s, [(ej, rec) for ej, rec, _ in extra]) + \
         check_adaptive(rows, robust_by_job)
+    mark_discredited(rows, checks)
 
     samples: dict[str, Any] = {
         "schema_version": 1, "n": len(data), "labels": data.y.tolist(),

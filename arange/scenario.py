@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -28,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from .core.safeio import short
 from .errors import ParamError, RegistryError, ScenarioError
 from .expr import format_eps, parse_number
 from .registry import ATTACKS, DATASETS, DEFENSES, MODELS, accepted_params, check_params, suggest
@@ -35,18 +35,28 @@ from .threat import Norm
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")  # printed as is in error paths
+_LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+@-]{0,63}$")
 
 
 def _check_name(v: str) -> str:
     if not _NAME_RE.match(v):
         raise ValueError("use letters, digits, '_', '-' or '.', starting with a letter or "
-                         f"digit, at most 64 characters (got {v!r})")
+                         f"digit, at most 64 characters (got {short(v, 40)})")
+    return v
+
+
+def _check_label(v: str) -> str:
+    if not _LABEL_RE.match(v):
+        raise ValueError("use letters, digits, '_', '-', '.', '+' or '@', starting with a "
+                         f"letter or digit, at most 64 characters (got {short(v, 40)}); labels "
+                         "name files in the run folder")
     return v
 
 
 def _check_device(v: str) -> str:
     if not _DEVICE_RE.match(v):
-        raise ValueError(f"must be auto, cpu, cuda or cuda:N (got {v!r})")
+        raise ValueError(f"must be auto, cpu, cuda or cuda:N (got {short(v, 40)})")
     return v
 
 
@@ -57,6 +67,7 @@ def _optional_number(v: Any) -> float | None:
 # Field types every task's scenario model shares: a scenario name (also a folder name) or a
 # label, a device, and a number that may be written as an expression such as 8/255 or left out.
 Name = Annotated[str, AfterValidator(_check_name)]
+Label = Annotated[str, AfterValidator(_check_label)]  # an attack's or defense's label
 Device = Annotated[str, AfterValidator(_check_device)]
 OptionalNumber = Annotated[float | None, BeforeValidator(_optional_number)]
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
@@ -102,7 +113,8 @@ class Target(_Strict):
         if v == "auto":
             return v
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 65536:
-            raise ValueError(f"must be a whole number from 1 to 65536, or auto (got {v!r})")
+            raise ValueError("must be a whole number from 1 to 65536, or auto (got "
+                             f"{short(v, 40)})")
         return v
 
 
@@ -119,7 +131,7 @@ class AttackSpec(_Strict):
 
     name: str | None = None
     suite: str | None = None  # e.g. "standard": a recipe run as a cascade (arange.attacks.suites)
-    label: str | None = None
+    label: Label | None = None
     norm: Norm = Norm.linf
     eps: list[float]
     params: dict[str, Any] = Field(default_factory=dict)
@@ -146,7 +158,7 @@ class AttackSpec(_Strict):
 
 class DefenseSpec(_Strict):
     name: str
-    label: str | None = None
+    label: Label | None = None
     params: dict[str, Any] = Field(default_factory=dict)
 
     @property
@@ -238,22 +250,11 @@ class Scenario(_Strict):
 
 def load_scenario(path: str | Path) -> Any:
     """Read, parse and fully validate a scenario file."""
+    from .core.safeio import SCENARIO_BYTES, load_yaml, read_text
+
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ScenarioError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ScenarioError(f"{path}: cannot read: {e}") from e
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        where = ""
-        mark = getattr(e, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ScenarioError(f"{path}: not valid YAML{where}: {problem}") from e
+    text = read_text(path, "scenario", SCENARIO_BYTES, ScenarioError)
+    raw = load_yaml(text, str(path), ScenarioError)
     return scenario_from_dict(raw, source=str(path), base_dir=path.parent)
 
 
@@ -272,7 +273,8 @@ def scenario_from_dict(raw: Any, source: str = "<scenario>",
         plugin = get_task(str(task))
     except RegistryError as e:
         names = task_names()
-        raise ScenarioError(f"{source}: task: unknown task {task!r}{suggest(str(task), names)}"
+        raise ScenarioError(f"{source}: task: unknown task {short(task, 40)}"
+                            f"{suggest(str(task), names)}"
                             f" (available: {', '.join(names)})") from e
     scenario = plugin.load(raw, source, base_dir)
     check_gates(scenario, source)
@@ -384,10 +386,24 @@ def _check_component(registry: Any, name: str, params: dict[str, Any], source: s
                     raise ParamError(key, f"{registry.kind} {name!r} has no parameter {key!r}"
                                      f"{suggest(key, accepted)} (accepted: "
                                      f"{', '.join(accepted) or 'none'})")
+            _dry_build(factory, params, exclude)
             return None
     except ParamError as e:
-        raise _fail(source, f"{params_path}.{e.param}", e.message) from e
+        raise _fail(source, key_path(params_path, e.param), e.message) from e
+    except (TypeError, ValueError, RuntimeError) as e:  # a value of the wrong kind
+        raise _fail(source, params_path, f"{registry.kind} {name!r} cannot be built with "
+                    f"these parameters: {short(str(e), 200)[1:-1]}") from e
     return build_component(factory, params, f"{registry.kind} {name!r}", source, params_path)
+
+
+def _dry_build(factory: Any, params: dict[str, Any], supplied: tuple[str, ...]) -> None:
+    """Build a model on torch's meta device (no memory, no compute) with stand-in values for
+    what the runner supplies, so parameter values out of range fail at validate time."""
+    import torch
+
+    stand_in = {"in_channels": 3, "num_classes": 10, "image_size": 32}
+    with torch.device("meta"):
+        factory(**{k: v for k, v in stand_in.items() if k in supplied}, **params)
 
 
 def check_gate_rule(rule: Any, metrics: Sequence[str], source: str, path: str) -> None:
@@ -430,7 +446,7 @@ def build_component(factory: Any, params: dict[str, Any], what: str, source: str
         check_params(factory, params, what)
         return factory(**params)
     except ParamError as e:
-        sub = f"{params_path}.{e.param}" if e.param != "params" else params_path
+        sub = key_path(params_path, e.param) if e.param != "params" else params_path
         raise _fail(source, sub, e.message) from e
     except (TypeError, ValueError) as e:
         raise _fail(source, params_path, str(e)) from e
@@ -537,13 +553,26 @@ def _validate_gates(s: Scenario, source: str) -> None:
 
 # ---------------------------------------------------------------------------- errors
 
+def key_path(path: str, key: Any) -> str:
+    """``path.key`` for an error message; a key that is not a plain name is quoted, escaped
+    and cut (it comes from the user's file)."""
+    text = str(key)
+    part = text if _KEY_RE.match(text) else f"[{short(text, 40)}]"
+    return f"{path}.{part}" if path and not part.startswith("[") else f"{path}{part}"
+
+
 def _loc_str(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
+            continue
+        text = str(part)
+        if not _KEY_RE.match(text):  # a user's key: quoted, escaped and cut, never raw
+            text = f"[{short(text, 40)}]"
+            out += text
+            continue
+        out += f".{text}" if out else text
     return out
 
 
@@ -577,14 +606,19 @@ def _unwrap(ann: Any) -> Any:
 
 
 def _format_one(err: Any, root: type[BaseModel] | None = None) -> tuple[str, str]:
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+    raw = tuple(err["loc"])
+    # drop pydantic's union/validator tags ('list[float]', 'function-after[...]') but never
+    # the user's own key, which comes last for unknown fields
+    loc = tuple(p for i, p in enumerate(raw) if not (
+        isinstance(p, str) and "[" in p and (i < len(raw) - 1 or err["type"] != "extra_forbidden")
+        and p.endswith("]")))
     kind = err["type"]
     if kind == "extra_forbidden":
         parent, key = loc[:-1], str(loc[-1])
         model = _model_at(parent, root)
         allowed = list(model.model_fields) if model else []
         hint = suggest(key, allowed)
-        return _loc_str(loc), (f"unknown field {key!r}{hint}"
+        return _loc_str(loc), (f"unknown field {short(key, 40)}{hint}"
                                + (f" (allowed: {', '.join(allowed)})" if allowed else ""))
     if kind == "missing":
         parent, key = loc[:-1], str(loc[-1])
@@ -594,7 +628,7 @@ def _format_one(err: Any, root: type[BaseModel] | None = None) -> tuple[str, str
                 "int_parsing", "int_from_float", "float_parsing", "bool_parsing",
                 "literal_error", "enum", "string_type", "too_short", "list_type", "dict_type",
                 "model_type"):
-        msg = f"{msg[0].lower()}{msg[1:]} (got {err.get('input')!r})"
+        msg = f"{msg[0].lower()}{msg[1:]} (got {short(err.get('input'), 40)})"
     return _loc_str(loc) or "(top level)", msg
 
 

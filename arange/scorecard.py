@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -25,10 +25,14 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# A rate read back from a file: finite and in [0, 1], or the scorecard is refused.
+Rate = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+
+
 class CleanRow(_Model):
     defense: str
     n: int
-    accuracy: float
+    accuracy: Rate
     accuracy_ci: tuple[float, float]
 
 
@@ -45,10 +49,10 @@ class ResultRow(_Model):
     n: int                 # samples evaluated
     n_attacked: int        # samples the attack was run on (clean-correct and, in cascade, unbroken)
     cumulative: bool = False  # cascade mode: robust accuracy after this and all earlier attacks
-    clean_accuracy: float
-    robust_accuracy: float
+    clean_accuracy: Rate
+    robust_accuracy: Rate
     robust_accuracy_ci: tuple[float, float]
-    attack_success_rate: float  # among clean-correct samples that were attacked
+    attack_success_rate: Rate  # among clean-correct samples that were attacked
     perturbation_max: float     # in the threat norm, of what was evaluated
     perturbation_mean: float
     budget_violations: int      # raw attack outputs that the runner had to project
@@ -70,7 +74,7 @@ class WorstCaseRow(_Model):
     eps_label: str
     n: int
     attacks: list[str]
-    robust_accuracy: float
+    robust_accuracy: Rate
     robust_accuracy_ci: tuple[float, float]
 
 
@@ -189,9 +193,8 @@ def format_summary(card: object) -> str:
                      f"{r.robust_accuracy:>10.3f} {f'{lo:.3f}-{hi:.3f}':>13} "
                      f"{r.attack_success_rate:>8.3f} {r.perturbation_max:>9.4f} "
                      f"{r.seconds:>7.1f}{mark}")
-    if any(r.unreliable for r in card.results):
-        lines.append("unreliable: an adaptive attack (BPDA/EOT, the '+' rows) does significantly "
-                     "better on the same samples; see the 'adaptive' checks")
+    for why in dict.fromkeys(r.unreliable for r in card.results if r.unreliable):
+        lines.append(f"unreliable: {why}")
     for w in card.worst_case:
         lo, hi = w.robust_accuracy_ci
         lines.append(f"{w.defense:<12} {'worst case':<20} {w.norm:<5} {w.eps_label:>8} "

@@ -151,21 +151,21 @@ def load_run(root: Path, folder: Path) -> Run:
 # ---------------------------------------------------------------------------- reading files
 
 def _read_json(path: Path, what: str) -> Any:
+    from arange.core.safeio import load_json
+
+    if not path.is_file() and not path.is_symlink() and not path.exists():
+        raise RunDataError(f"{path}: the {what} file is missing")
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RunDataError(f"{path}: the {what} file is missing") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise RunDataError(f"{path}: the {what} file cannot be read ({e})") from e
-    if not text.strip():
-        raise RunDataError(f"{path}: the {what} file is empty; the run that wrote it was "
-                           "probably interrupted - run the scenario again")
+        if path.is_file() and path.stat().st_size == 0:
+            raise RunDataError(f"{path}: the {what} file is empty; the run that wrote it was "
+                               "probably interrupted - run the scenario again")
+    except OSError as e:
+        raise RunDataError(f"{path}: the {what} file cannot be read ({e.strerror or e})"
+                           ) from e
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise RunDataError(f"{path}: the {what} file is damaged (not valid JSON at line "
-                           f"{e.lineno}, column {e.colno}: {e.msg}); run the scenario again to "
-                           "rewrite it") from e
+        return load_json(path, f"{what} file", error=RunDataError)
+    except RunDataError as e:
+        raise RunDataError(f"{e}; run the scenario again to rewrite it") from e
 
 
 def read_scorecard(path: str | Path) -> dict[str, Any]:

@@ -90,8 +90,15 @@ def test_imagefolder(tmp_path: Path) -> None:
 
 
 def test_imagefolder_errors(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="is not a folder"):
+    """A missing or empty folder is refused when the dataset is set up (so at validate time),
+    as a parameter error on root."""
+    from arange.errors import ParamError
+
+    with pytest.raises(ParamError, match="is not a folder"):
         load_dataset("imagefolder", "test", root=str(tmp_path / "missing"))
+    (tmp_path / "empty" / "cls").mkdir(parents=True)
+    with pytest.raises(ParamError, match="holds no image files"):
+        load_dataset("imagefolder", "test", root=str(tmp_path / "empty"))
 
 
 def _model() -> Any:

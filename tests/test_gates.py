@@ -396,7 +396,7 @@ def _tamper(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("make,message", [
-    (lambda d: "{not json", "not a readable baseline JSON file"),
+    (lambda d: "{not json", "the baseline is damaged (not valid JSON at line 1"),
     (lambda d: [1, 2], "not a baseline"),
     (lambda d: {**d, "arange_baseline": 7}, "baseline format 7 is not supported"),
     (lambda d: {**d, "scorecard": {"x": 1}}, "scorecard: not an arange scorecard"),

@@ -73,8 +73,12 @@ def test_format_eps() -> None:
 
 
 def test_relative_paths_resolve_against_the_scenario_file(tmp_path: Path) -> None:
+    from PIL import Image
+
     (tmp_path / "w").mkdir()
     (tmp_path / "w" / "m.safetensors").write_bytes(b"")
+    (tmp_path / "imgs" / "cls").mkdir(parents=True)  # the folder is checked at load time
+    Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "cls" / "a.png")
     text = (
         "name: t\ntarget:\n  model: resnet20\n  weights: w/m.safetensors\n"
         "  dataset: {name: imagefolder, options: {root: imgs}}\n"

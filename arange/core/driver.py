@@ -11,7 +11,6 @@ same command again resumes.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import platform
 import subprocess
@@ -27,6 +26,7 @@ from .._version import __version__
 from ..errors import ArangeError
 from ..store import atomic_write_bytes, atomic_write_json
 from .executors import Executor, LocalExecutor, Work
+from .safeio import load_json, short
 from .task import Task, get_task
 
 if TYPE_CHECKING:
@@ -105,13 +105,24 @@ class JobStore:
         self.format = fmt
 
     def path(self, job: Job) -> Path:
-        return self.dir / f"{job.job_id}.json"
+        return self.inside(f"jobs/{job.job_id}.json")
+
+    def inside(self, rel: str) -> Path:
+        """``OUT/rel``, refused unless it stays inside the run folder."""
+        path = self.out / rel
+        root = self.out.resolve()
+        if not path.resolve().is_relative_to(root) or path.resolve() == root:
+            raise ArangeError(f"{self.out}: refusing to write {short(rel, 80)} outside the run "
+                              "folder")
+        return path
 
     def load(self, job: Job) -> dict[str, Any] | None:
-        try:
-            rec = json.loads(self.path(job).read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        if not self.path(job).is_file():
             return None
+        try:
+            rec = load_json(self.path(job), "job record")
+        except ArangeError:
+            return None  # damaged or foreign: run the job again
         if not isinstance(rec, dict) or rec.get("format") != self.format \
                 or rec.get("key") != job.key:
             return None
@@ -126,10 +137,10 @@ class JobStore:
         import shutil
 
         for folder in rec.pop(CLEAR, []):
-            shutil.rmtree(self.out / folder, ignore_errors=True)  # no stale evidence
+            shutil.rmtree(self.inside(folder), ignore_errors=True)  # no stale evidence
         files: dict[str, bytes] = rec.pop(FILES, {})
         for rel, data in files.items():
-            atomic_write_bytes(self.out / rel, data)
+            atomic_write_bytes(self.inside(rel), data)
         rec["files"] = sorted(set(rec.get("files", [])) | set(files))
         rec.setdefault("format", self.format)
         rec.setdefault("key", job.key)
@@ -174,11 +185,20 @@ class RunState:
 
 def check_out_dir(out: Path) -> None:
     """``--out`` must be a folder this process can create and write, checked before compute."""
-    for parent in (out, *out.parents):
-        if parent.exists():
+    import os
+
+    for parent in (out, *out.absolute().parents):
+        try:
+            exists = parent.exists()
+        except OSError as e:  # a symlink loop, say
+            raise ArangeError(f"--out {out}: {parent} cannot be used ({e.strerror or e})") from e
+        if exists:
             if not parent.is_dir():
                 raise ArangeError(f"--out {out}: {parent} exists and is not a folder; choose "
                                   "another output folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ArangeError(f"--out {out}: {parent} is not writable; choose another "
+                                  "output folder")
             break
 
 

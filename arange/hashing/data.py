@@ -227,8 +227,7 @@ class ImageFolderImages:
         from PIL import Image, UnidentifiedImageError
         if not self.root.is_dir():
             raise DataError(f"imagefolder: {self.root} is not a folder")
-        files = sorted(p for p in self.root.rglob("*")
-                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = image_files(self.root)
         if self.limit is not None:
             files = files[:self.limit]
         if len(files) < 2:
@@ -239,12 +238,28 @@ class ImageFolderImages:
             try:
                 with Image.open(f) as im:
                     a = np.asarray(im.convert("RGB"), dtype=np.uint8)
-            except (OSError, UnidentifiedImageError) as e:
+            except (OSError, ValueError, UnidentifiedImageError,
+                    Image.DecompressionBombError) as e:
                 raise DataError(f"imagefolder: cannot read {f}: {e}") from e
             images.append(_crop_resize(a, 1.0, 0.5, 0.5, self.image_size))
             ids.append(str(f.relative_to(self.root)))
         return HashImages("imagefolder", np.stack(images), ids,
                           {"root": str(self.root), "image_size": self.image_size})
+
+
+def image_files(root: Path) -> list[Path]:
+    """Image files under ``root``, sorted; symlinked folders are not entered (no loops), and
+    links that lead nowhere are left out."""
+    import os
+
+    found = []
+    for folder, dirs, names in os.walk(root, followlinks=False):
+        dirs.sort()
+        for name in names:
+            p = Path(folder) / name
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+                found.append(p)
+    return sorted(found)
 
 
 def load_images(name: str, **options: Any) -> HashImages:

@@ -32,6 +32,7 @@ from arange.expr import format_eps
 from arange.registry import suggest
 from arange.scenario import (
     Device,
+    Label,
     Name,
     OptionalNumber,
     _check_component,
@@ -74,7 +75,7 @@ class HashTarget(_Strict):
 
 class HashAttackSpec(_Strict):
     name: str
-    label: str | None = None
+    label: Label | None = None
     goal: Literal["evasion", "collision"] = "evasion"
     norm: Norm = Norm.linf
     eps: list[float]

@@ -77,7 +77,7 @@ class CifarResNet(nn.Module):
 
 
 def _check_width(width: int) -> None:
-    if not 1 <= width <= 256:
+    if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= 256:
         raise ParamError("width", f"must be between 1 and 256 (got {width})")
 
 
