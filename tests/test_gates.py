@@ -21,8 +21,10 @@ import torch
 import yaml
 
 from arange import gates as G
+from arange import stats as S
 from arange.baseline import build_baseline, load_baseline
 from arange.cli import main
+from arange.gates.report import _fmt_p as format_p
 from arange.models import save_weights
 from arange.stats import wilson_interval
 
@@ -205,7 +207,7 @@ def test_cascade_runs_reconstruct_attacked_samples(weights: dict[str, Path],
 @pytest.mark.parametrize("lost,gained", [(0, 0), (3, 0), (8, 2), (2, 8), (20, 11), (60, 40)])
 def test_mcnemar_exact_matches_binomial_test(lost: int, gained: int) -> None:
     from scipy.stats import binomtest
-    p = G.mcnemar_exact_one_sided(lost, gained)
+    p = S.mcnemar_exact_one_sided(lost, gained)
     if lost + gained == 0:
         assert p == 1.0
     else:
@@ -215,24 +217,24 @@ def test_mcnemar_exact_matches_binomial_test(lost: int, gained: int) -> None:
 
 def test_newcombe_interval_matches_published_examples() -> None:
     # Newcombe (1998), Statistics in Medicine 17:873, Table II, method 10.
-    lo, hi = G.newcombe_interval(56, 70, 48, 80)
+    lo, hi = S.newcombe_interval(56, 70, 48, 80)
     assert (round(lo, 4), round(hi, 4)) == (0.0524, 0.3339)
-    lo, hi = G.newcombe_interval(9, 10, 3, 10)
+    lo, hi = S.newcombe_interval(9, 10, 3, 10)
     assert (round(lo, 4), round(hi, 4)) == (0.1705, 0.8090)
 
 
 def test_newcombe_p_value_inverts_the_interval() -> None:
     from scipy.stats import norm
-    p = G.newcombe_one_sided(56, 70, 48, 80)
+    p = S.newcombe_one_sided(56, 70, 48, 80)
     assert 0 < p < 0.025  # the two-sided 95% interval excludes 0
-    assert G.newcombe_interval(56, 70, 48, 80, norm.isf(p))[0] == pytest.approx(0, abs=1e-9)
-    assert G.newcombe_one_sided(48, 80, 56, 70) == pytest.approx(1 - p)
-    assert G.newcombe_one_sided(5, 10, 5, 10) == 0.5
+    assert S.newcombe_interval(56, 70, 48, 80, norm.isf(p))[0] == pytest.approx(0, abs=1e-9)
+    assert S.newcombe_one_sided(48, 80, 56, 70) == pytest.approx(1 - p)
+    assert S.newcombe_one_sided(5, 10, 5, 10) == 0.5
 
 
 def test_holm_adjustment() -> None:
-    assert G.holm_adjust([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
-    assert G.holm_adjust([]) == []
+    assert S.holm_adjust([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert S.holm_adjust([]) == []
 
 
 # ---------------------------------------------------------------------------- edited copies
@@ -287,7 +289,7 @@ def test_regression_needs_both_a_large_and_a_significant_drop(
     assert check.test == G.MCNEMAR and (check.lost, check.gained) == (lose, gain)
     assert check.p_value == pytest.approx(p)
     assert check.worse_by == pytest.approx((lose - gain) / 96)
-    assert f"p={G._fmt_p(p)}" in out
+    assert f"p={format_p(p)}" in out
 
 
 def test_unpaired_test_when_the_baseline_scored_other_samples(
@@ -298,7 +300,7 @@ def test_unpaired_test_when_the_baseline_scored_other_samples(
     check = report.rules[0].checks[0]
     assert check.test == G.NEWCOMBE and "unpaired: other samples" in check.note
     k = round(check.value * 96)
-    assert check.p_value == pytest.approx(G.newcombe_one_sided(k + 8, 96, k, 96))
+    assert check.p_value == pytest.approx(S.newcombe_one_sided(k + 8, 96, k, 96))
     assert any("dataset fingerprint differs" in n for n in report.notes)
     # A baseline without its samples file cannot be paired either.
     (base / "samples.json").unlink()

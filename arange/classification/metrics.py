@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from arange.gates import Metric, Outcomes, Row, _close, register_metrics
+from arange.gates import Metric, Outcomes, Row, register_metrics, same_value
 from arange.scenario import GateRule
 
 TASK = "classification"
@@ -32,7 +32,7 @@ def _robust_outcomes(row: Row, card: Mapping[str, Any], samples: Mapping[str, An
 def _cell(card: Mapping[str, Any], row: Row) -> list[Row]:
     """The results rows of ``row``'s (defense, norm, eps) cell, in run order."""
     return [r for r in card["results"] if r["defense"] == row["defense"]
-            and r["norm"] == row["norm"] and _close(r["eps"], row["eps"])]
+            and r["norm"] == row["norm"] and same_value(r["eps"], row["eps"])]
 
 
 def _worst_outcomes(row: Row, card: Mapping[str, Any], samples: Mapping[str, Any]) -> Outcomes:
