@@ -202,7 +202,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
         kind = getattr(e.obj, "kind", None)
         if args.kind in ("attacks", "inpainters") and isinstance(kind, str):
             extra = f"[{kind}] "
-        print(f"{e.name.ljust(width)}  {extra}{e.description}")
+        tasks = getattr(e.obj, "tasks", None) if args.kind == "attacks" else None
+        serves = f" (serves: {', '.join(tasks)})" if tasks and tasks != ("classification",) \
+            else ""
+        print(f"{e.name.ljust(width)}  {extra}{e.description}{serves}")
     return 0
 
 

@@ -418,6 +418,16 @@ def check_gate_rule(rule: Any, metrics: Sequence[str], source: str, path: str) -
             raise _fail(source, f"{path}.{bound}", f"rates are in [0, 1] (got {v:g})")
 
 
+def check_serves(name: str, task: str, source: str, path: str) -> None:
+    """The registered attack ``name`` serves ``task`` (attacks declare the ranges whose
+    objectives they handle: ``Attack.tasks``)."""
+    tasks = getattr(ATTACKS.get(name), "tasks", ("classification",))
+    if task not in tasks:
+        usable = [n for n in ATTACKS.names() if task in getattr(ATTACKS.get(n), "tasks", ())]
+        raise _fail(source, path, f"attack {name!r} serves {', '.join(tasks)}, not {task} "
+                    f"(attacks for {task}: {', '.join(usable)})")
+
+
 def check_norm(attack: Any, name: str, norm: Norm, source: str, path: str) -> None:
     """``attack`` (an instance, or None for a suite) supports ``norm`` (``path``: the attack's
     entry, e.g. ``attacks[1]``)."""
@@ -476,6 +486,8 @@ def validate_components(s: Scenario, source: str = "<scenario>") -> None:
         if a.suite is not None:
             _validate_suite(a, i, source)
         else:
+            if str(a.name) in ATTACKS:
+                check_serves(str(a.name), "classification", source, f"attacks[{i}].name")
             attack = _check_component(ATTACKS, str(a.name), a.params, source, f"attacks[{i}].name",
                                       f"attacks[{i}].params")
             check_norm(attack, str(a.name), a.norm, source, f"attacks[{i}]")

@@ -83,3 +83,40 @@ def enforce(x: torch.Tensor, x_adv: torch.Tensor, threat: ThreatModel) -> Enforc
         delta = torch.trunc((xp - x) * scale + 1e-4 * torch.sign(xp - x)) / scale
         xp = (x + delta).clamp(*threat.bounds)
     return Enforced(xp, violations, norms(xp - x, threat.norm))
+
+
+# ---------------------------------------------------------------------------- 8-bit levels
+
+def levels_in_ball(x255: torch.Tensor, d255: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
+    """8-bit levels of ``x + d`` inside the threat model: each pixel moves to the nearest level
+    of the clamped image, clipped to the largest whole level inside an L-inf ball; for an L2
+    ball, an image whose rounded perturbation would leave the ball is truncated towards the
+    clean image instead. ``x255``: the clean image's levels; ``d255``: the perturbation in
+    levels (float). Bounds are [0, 1] (levels [0, 255])."""
+    r = torch.clamp(x255 + d255, 0.0, 255.0)
+    if threat.norm is Norm.linf:
+        k = float(int(threat.eps * 255.0 + 1e-6))
+        return r.round_().sub_(x255).clamp_(-k, k).add_(x255)
+    dq = torch.round(r) - x255
+    over = dq.flatten(1).norm(dim=1) / 255.0 > threat.eps
+    if bool(over.any()):
+        t = torch.trunc((r[over] - x255[over]) * (1 - 1e-6))
+        n = t.flatten(1).norm(dim=1) / 255.0
+        while bool((n > threat.eps).any()):  # only when d itself leaves the ball
+            bad = n > threat.eps
+            tb = t[bad]
+            peak = tb.abs().amax(dim=(1, 2, 3), keepdim=True)
+            t[bad] = tb - torch.sign(tb) * (tb.abs() >= peak).to(tb.dtype)
+            n = t.flatten(1).norm(dim=1) / 255.0
+        dq[over] = t
+    return dq.add_(x255)
+
+
+def quantized(x: torch.Tensor, x_adv: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
+    """``x_adv`` moved onto the 8-bit grid inside the threat model (see
+    :func:`levels_in_ball`); ``x`` must be on the grid and the bounds [0, 1]. The result is a
+    fixed point of :func:`arange.threat.enforce` with quantisation."""
+    if threat.bounds != (0.0, 1.0):
+        raise ValueError(f"8-bit images need bounds (0, 1) (got {threat.bounds})")
+    x255 = torch.round(x * 255.0)
+    return levels_in_ball(x255, (x_adv - x) * 255.0, threat) / 255.0

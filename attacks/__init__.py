@@ -10,6 +10,7 @@ from .apgd import APGD
 from .base import Attack, AttackResult, Misclassification, Objective, input_gradients_only
 from .fab import FAB
 from .fgsm import FGSM
+from .nes import HashNES
 from .noise import UniformNoise
 from .pgd import PGD
 from .square import Square
@@ -24,6 +25,7 @@ __all__ = [
            "Attack",
            "AttackResult",
            "Component",
+           "HashNES",
            "Misclassification",
            "Objective",
            "Square",

@@ -72,6 +72,9 @@ class Attack(ABC):
     """
 
     kind: ClassVar[str] = "white-box"  # white-box | black-box | noise | transfer
+    # The ranges (task names) whose objectives the attack serves; a scenario of another task
+    # cannot name it.
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
     iterative: ClassVar[bool] = False
     norms: ClassVar[tuple[Norm, ...]] = (Norm.linf, Norm.l2)
     # Parameters that set the attack's compute (iterations / queries, and restarts); the

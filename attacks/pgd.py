@@ -22,6 +22,9 @@ from .base import Attack, AttackResult, Objective, ascent_direction, check, rand
 @register_attack("pgd", description="Projected gradient descent (Madry et al.), L-inf or L2, "
                  "random start, restarts on still-robust samples")
 class PGD(Attack):
+
+    # any differentiable objective: misclassification, a hash surrogate, a forgery map
+    tasks: ClassVar[tuple[str, ...]] = ("classification", "hash_matching", "forgery_localization")
     iterative = True
     test_params: ClassVar[dict[str, Any]] = {"steps": 3}
 

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
 
+from arange.attacks.nes import HashNES, activity_mask
 from arange.attacks.pgd import PGD
 from arange.hashing.attacks import (
-    HASH_ATTACKS,
     ExactHash,
     HammingObjective,
-    HashNES,
     SurrogateObjective,
     SurrogateWithExact,
-    activity_mask,
-    quantized,
 )
 from arange.hashing.data import load_images
 from arange.hashing.reference import hamming, reference_bits_batch
-from arange.threat import Norm, ThreatModel, enforce
+from arange.registry import ATTACKS
+from arange.threat import Norm, ThreatModel, enforce, quantized
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +64,19 @@ def test_hamming_objective() -> None:
         HammingObjective("swap", 2)  # type: ignore[arg-type]
 
 
-def test_registry_reuses_the_classifier_pgd() -> None:
-    assert HASH_ATTACKS.get("pgd") is PGD
-    assert HASH_ATTACKS.get("nes") is HashNES
-    assert HashNES.kind == "black-box"
+def test_one_registry_serves_every_range(tmp_path: Any) -> None:
+    """The hash range takes its attacks from the one attack registry: the classifier's PGD
+    (any differentiable objective) and NES (hash matching only); each attack declares the
+    ranges it serves and a scenario of another range cannot name it."""
+    from arange.cli import main
+
+    assert ATTACKS.get("pgd") is PGD and ATTACKS.get("nes") is HashNES
+    assert HashNES.kind == "black-box" and HashNES.tasks == ("hash_matching",)
+    assert set(PGD.tasks) == {"classification", "hash_matching", "forgery_localization"}
+    bad = tmp_path / "s.yaml"
+    bad.write_text("name: x\ntarget: {model: resnet20, weights: random, dataset: {name: digits}}"
+                   "\nattacks: [{name: nes, eps: [8/255]}]\n")
+    assert main(["validate", str(bad)]) == 2
 
 
 def test_nes_evades_phash_on_tiny_images(tiny: tuple[np.ndarray, torch.Tensor]) -> None:

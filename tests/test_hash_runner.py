@@ -20,7 +20,6 @@ from arange.cli import main
 from arange.errors import DataError
 from arange.gates import gate, load_reference, task_metrics
 from arange.hashing import runner as hash_runner
-from arange.hashing.attacks import HASH_ATTACKS
 from arange.hashing.data import load_images
 from arange.hashing.reference import (
     hamming_matrix,
@@ -31,6 +30,7 @@ from arange.hashing.reference import (
 )
 from arange.hashing.scenario import HASH_METRICS
 from arange.hashing.scorecard import HashScorecard, load_hash_scorecard
+from arange.registry import ATTACKS
 from arange.scenario import scenario_from_dict
 
 TINY: dict[str, Any] = {
@@ -186,6 +186,7 @@ class _Unchanged(Attack):
     """Returns the clean images and spends one query: it can never evade anything."""
 
     kind: ClassVar[str] = "black-box"
+    tasks: ClassVar[tuple[str, ...]] = ("hash_matching",)
 
     def __init__(self, max_queries: int = 1):
         self.max_queries = max_queries
@@ -199,7 +200,7 @@ def test_forged_success_rejected_by_reference_is_not_counted(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A fast path that claims every unmodified image evades: the reference library re-hashes
     the saved PNGs, rejects every claim, and nothing is counted."""
-    HASH_ATTACKS.add("unchanged", _Unchanged, "test only")
+    ATTACKS.add("unchanged", _Unchanged, "test only")
     try:
         def lying(name: str, params: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
             return ~hash_runner.ExactHash(name)(x).bool()  # every bit flipped: "evaded"
@@ -210,7 +211,7 @@ def test_forged_success_rejected_by_reference_is_not_counted(
         raw["target"]["thresholds"] = [4]
         card = arange.run(scenario_from_dict(raw), out=tmp_path, progress=False)
     finally:
-        HASH_ATTACKS.remove("unchanged")
+        ATTACKS.remove("unchanged")
     row = card.results[0]
     assert row.claimed == row.n == 6
     assert row.successes == 0 and row.rate == 0.0 and row.rejected == 6

@@ -39,7 +39,7 @@ BROKEN = [
      "colorhash does not have (surrogates: average_hash, dhash, pdq, phash); use the black-box "
      "attack nes")),
     ("nes_param", ("    eps: 32/255", "    eps: 32/255\n    params: {max_querys: 100}"),
-     ("{file}: attacks[0].params.max_querys: hash attack 'nes' has no parameter 'max_querys'; "
+     ("{file}: attacks[0].params.max_querys: attack 'nes' has no parameter 'max_querys'; "
      "did you mean 'max_queries'? (accepted: max_queries, samples, sigma, rel_stepsize, "
      "min_rel_stepsize, momentum, patience, start_radius, resolution, shared_channels, mask, "
      "refine, shrink, chunk)")),

@@ -35,19 +35,13 @@ from arange.core.executors import Chain
 from arange.core.task import content_key
 from arange.errors import ArangeError
 from arange.expr import format_eps
+from arange.registry import ATTACKS
 from arange.scorecard import Check, format_checks
 from arange.stats import wilson_interval
 from arange.store import atomic_write_bytes, atomic_write_json
-from arange.threat import ThreatModel, enforce, project
+from arange.threat import ThreatModel, enforce, project, quantized
 
-from .attacks import (
-    HASH_ATTACKS,
-    ExactHash,
-    HammingObjective,
-    SurrogateObjective,
-    SurrogateWithExact,
-    quantized,
-)
+from .attacks import ExactHash, HammingObjective, SurrogateObjective, SurrogateWithExact
 from .data import HashImages, load_images
 from .fast import fast_hash_backend
 from .reference import (
@@ -211,7 +205,7 @@ def run_job(job: HashJob, ctx: Context, bar: Any = None) -> dict[str, Any]:
     s, x, dev = ctx.s, ctx.x, ctx.device
     a = job.attack
     spec = HASHES.get(s.target.hash)
-    attack = HASH_ATTACKS.create(a.name, **a.params)
+    attack = ATTACKS.create(a.name, **a.params)
     white = getattr(attack, "kind", "") == "white-box"
     hash_size = int(ctx.params.get("hash_size", 8))
     if white:

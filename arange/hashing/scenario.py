@@ -41,6 +41,7 @@ from arange.scenario import (
     check_eps,
     check_gate_rule,
     check_norm,
+    check_serves,
     load_task_scenario,
     number_list,
 )
@@ -141,7 +142,8 @@ def load_hash_scenario(raw: dict[str, Any], source: str, base_dir: Path | None) 
 
 def validate_hash_scenario(s: HashScenario, source: str = "<scenario>") -> None:
     """Semantic checks: registered names, parameters, ranges, references."""
-    from .attacks import HASH_ATTACKS
+    from arange.registry import ATTACKS
+
     from .data import HASH_DATASETS
     from .reference import HASHES
 
@@ -170,8 +172,9 @@ def validate_hash_scenario(s: HashScenario, source: str = "<scenario>") -> None:
     seen: set[str] = set()
     for i, a in enumerate(s.attacks):
         path = f"attacks[{i}]"
-        attack = _check_component(HASH_ATTACKS, a.name, a.params, source, f"{path}.name",
+        attack = _check_component(ATTACKS, a.name, a.params, source, f"{path}.name",
                                   f"{path}.params")
+        check_serves(a.name, TASK, source, f"{path}.name")
         if getattr(attack, "kind", "") == "white-box" and not spec.surrogate:
             raise _fail(source, f"{path}.name", f"{a.name} is white-box and needs a "
                         f"differentiable surrogate, which {t.hash} does not have (surrogates: "
