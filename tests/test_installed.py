@@ -118,3 +118,22 @@ def test_dashboard_from_the_repository_root(installed: Path, tmp_path: Path,
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_every_package_folder_is_in_the_wheel() -> None:
+    """pyproject.toml lists the packages explicitly; a new package folder left out of it is
+    missing from every non-editable install (as arange.gates once was)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    roots = {"arange": ROOT / "arange", "arange.attacks": ROOT / "attacks",
+             "arange.defenses": ROOT / "defenses", "arange.dashboard": ROOT / "dashboard"}
+    found = set()
+    for name, folder in roots.items():
+        for init in folder.rglob("__init__.py"):
+            rel = init.parent.relative_to(folder)
+            if rel.parts and rel.parts[0] in ("attacks", "defenses", "dashboard"):
+                continue  # the links to the top-level folders, counted under their own name
+            found.add(".".join((name, *rel.parts)))
+    assert found == listed, (sorted(found - listed), sorted(listed - found))
