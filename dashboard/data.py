@@ -153,7 +153,7 @@ def load_run(root: Path, folder: Path) -> Run:
 def _read_json(path: Path, what: str) -> Any:
     from arange.core.safeio import load_json
 
-    if not path.is_file() and not path.is_symlink() and not path.exists():
+    if not path.exists() and not path.is_symlink():  # a symlink loop is reported by the read
         raise RunDataError(f"{path}: the {what} file is missing")
     try:
         if path.is_file() and path.stat().st_size == 0:

@@ -198,7 +198,7 @@ def test_writes_stay_inside_the_run_folder(tmp_path: Path) -> None:
     from arange.core.driver import JobStore
     from arange.errors import ArangeError
 
-    store = JobStore(tmp_path / "run", 1)
+    store = JobStore(tmp_path / "run")
 
     class J:
         key, job_id = "k", "../../escaped"

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -97,12 +99,12 @@ def run_environment(device: object, seed: int, started: dt.datetime, t_start: fl
 
 class JobStore:
     """``OUT/jobs/<job_id>.json``: one record per finished job, written atomically after the
-    files it carries, read back only when its content key matches and its files exist."""
+    files it carries, read back only when its content key matches and its files exist (the key
+    covers the task's record format, so an old record never matches a new key)."""
 
-    def __init__(self, out: Path, fmt: int):
+    def __init__(self, out: Path):
         self.out = out
         self.dir = out / "jobs"
-        self.format = fmt
 
     def path(self, job: Job) -> Path:
         return self.inside(f"jobs/{job.job_id}.json")
@@ -123,8 +125,7 @@ class JobStore:
             rec = load_json(self.path(job), "job record")
         except ArangeError:
             return None  # damaged or foreign: run the job again
-        if not isinstance(rec, dict) or rec.get("format") != self.format \
-                or rec.get("key") != job.key:
+        if not isinstance(rec, dict) or rec.get("key") != job.key:
             return None
         files = rec.get("files", [])
         if not isinstance(files, list) or any(
@@ -134,15 +135,12 @@ class JobStore:
 
     def save(self, job: Job, rec: dict[str, Any]) -> dict[str, Any]:
         """Write the record's files, then the record (without the file bytes); return it."""
-        import shutil
-
         for folder in rec.pop(CLEAR, []):
             shutil.rmtree(self.inside(folder), ignore_errors=True)  # no stale evidence
         files: dict[str, bytes] = rec.pop(FILES, {})
         for rel, data in files.items():
             atomic_write_bytes(self.inside(rel), data)
         rec["files"] = sorted(set(rec.get("files", [])) | set(files))
-        rec.setdefault("format", self.format)
         rec.setdefault("key", job.key)
         atomic_write_json(self.path(job), rec)
         return rec
@@ -185,8 +183,6 @@ class RunState:
 
 def check_out_dir(out: Path) -> None:
     """``--out`` must be a folder this process can create and write, checked before compute."""
-    import os
-
     for parent in (out, *out.absolute().parents):
         try:
             exists = parent.exists()
@@ -221,7 +217,7 @@ def run(scenario: Any, out: str | Path | None = None, *, device: str | None = No
         prepared = task.prepare(scenario, dev, progress)  # bad data/weights fail before writes
         chains = task.plan(scenario, prepared)
         jobs = [j for c in chains for j in c.jobs]
-        store = JobStore(out_dir, getattr(task, "job_format", 1))
+        store = JobStore(out_dir)
         store.dir.mkdir(parents=True, exist_ok=True)
         finished: dict[str, dict[str, Any]] = {}
         for job in jobs if resume else []:

@@ -71,7 +71,6 @@ class Task:
     short: ClassVar[str] = ""         # the registry's one-liner
     runner: ClassVar[str] = ""        # module with the hooks below
     unit: ClassVar[str] = "img"       # progress bar unit
-    job_format: ClassVar[int] = 1     # version of the job records (part of every job key)
     libraries: ClassVar[tuple[str, ...]] = ()  # versions recorded in the provenance
 
     def load(self, raw: dict[str, Any], source: str, folder: Path | None) -> Any:
