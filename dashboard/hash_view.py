@@ -21,12 +21,16 @@ TASK = "hash_matching"
 NO_DATA = "no data of this kind"
 
 
-def typed(card: dict[str, Any], source: str = "scorecard.json") -> HashScorecard:
-    """The scorecard as the runner's own model; a mismatch is a :class:`RunDataError`."""
+def typed(card: dict[str, Any] | HashScorecard, source: str = "scorecard.json"
+          ) -> HashScorecard:
+    """The scorecard as the runner's own model (validated once: the helpers below accept
+    either); a mismatch is a :class:`RunDataError`."""
     from pydantic import ValidationError
 
     from arange.hashing.scorecard import HashScorecard
 
+    if isinstance(card, HashScorecard):
+        return card
     try:
         return HashScorecard.model_validate(card)
     except ValidationError as e:
@@ -36,7 +40,7 @@ def typed(card: dict[str, Any], source: str = "scorecard.json") -> HashScorecard
                            f"{first['msg']}") from e
 
 
-def hash_rows(card: dict[str, Any]) -> list[dict[str, Any]]:
+def hash_rows(card: dict[str, Any] | HashScorecard) -> list[dict[str, Any]]:
     """One row per result (attack x eps x threshold): the verified success rate with its CI and
     how many fast-path claims the reference library rejected."""
     c = typed(card)
@@ -55,21 +59,21 @@ def hash_rows(card: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def query_curve_rows(card: dict[str, Any]) -> list[dict[str, Any]]:
+def query_curve_rows(card: dict[str, Any] | HashScorecard) -> list[dict[str, Any]]:
     """Verified success rate vs query budget (black-box rows)."""
     return [{"series": f"{r.attack} {r.eps_label} t{r.threshold}", "queries": p.queries,
              "rate": p.rate, "ci_lo": p.rate_ci[0], "ci_hi": p.rate_ci[1]}
             for r in typed(card).results for p in r.by_query]
 
 
-def tradeoff_rows(card: dict[str, Any]) -> list[dict[str, Any]]:
+def tradeoff_rows(card: dict[str, Any] | HashScorecard) -> list[dict[str, Any]]:
     """Per threshold: the false-positive rate on benign pairs next to each attack's success."""
     return [{"series": series, "threshold": s.threshold, "fpr": s.fpr, "rate": rate,
              "clean_detection": s.clean_detection}
             for s in typed(card).sweep for series, rate in s.success.items()]
 
 
-def fpr_rows(card: dict[str, Any]) -> list[dict[str, Any]]:
+def fpr_rows(card: dict[str, Any] | HashScorecard) -> list[dict[str, Any]]:
     """The matcher's false-positive rate at each of its thresholds, with the pairs behind it."""
     c = typed(card)
     curve = next((f for f in c.fpr if f.hash == c.matcher.hash), None)
@@ -80,8 +84,8 @@ def fpr_rows(card: dict[str, Any]) -> list[dict[str, Any]]:
             for p in curve.points if p.threshold in c.matcher.thresholds]
 
 
-def hash_headline(card: dict[str, Any]) -> dict[str, Any]:
-    rows = hash_rows(card)
+def hash_headline(card: dict[str, Any] | HashScorecard) -> dict[str, Any]:
+    rows = hash_rows(typed(card))
     if not rows:
         return {}
     top = max(rows, key=lambda r: r["rate"])
@@ -125,12 +129,12 @@ def render(run: Run) -> None:
     st.caption(f"{m.reference}; database of {m.database_size} images; thresholds "
                f"{', '.join(str(t) for t in m.thresholds)} of {m.bits} bits. Every success is "
                "re-verified by the reference library on the saved PNG.")
-    rows = hash_rows(card)
+    rows = hash_rows(c)
     if not rows:
         st.info(f"{NO_DATA}: this scorecard has no attack results.")
         return
     cols = st.columns(3)
-    head = hash_headline(card)
+    head = hash_headline(c)
     cols[0].metric("Highest success rate", f"{head['highest success rate']:.3f}",
                    help=head["where"])
     cols[1].metric("Fast-path claims rejected", sum(r["rejected"] for r in rows))
@@ -148,7 +152,7 @@ def render(run: Run) -> None:
         points, x="eps", y="rate", color="series", lo="ci_lo", hi="ci_hi",
         x_title=charts.mixed_eps_title({r["norm"] for r in rows}), y_title="success rate",
         tooltip=["series", "eps_label", "rate", "ci_lo", "ci_hi", "n"]), width="stretch")
-    qrows = query_curve_rows(card)
+    qrows = query_curve_rows(c)
     st.markdown("#### Success vs queries (black-box)")
     if qrows:
         st.altair_chart(charts.curve_chart(qrows, x="queries", y="rate", color="series",
@@ -157,8 +161,8 @@ def render(run: Run) -> None:
     else:
         st.info(f"{NO_DATA}: no black-box attack in this run.")
     st.markdown("#### Threshold trade-off: success vs false-positive rate")
-    show_table(fpr_rows(card))
-    trows = tradeoff_rows(card)
+    show_table(fpr_rows(c))
+    trows = tradeoff_rows(c)
     if trows:
         st.altair_chart(charts.curve_chart(trows, x="fpr", y="rate", color="series",
                                            x_title="false-positive rate on benign pairs",
