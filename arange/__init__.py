@@ -37,8 +37,8 @@ from .registry import (
 )
 
 if TYPE_CHECKING:
-    from .scenario import Scenario
-    from .scorecard import Scorecard
+    from .classification.scenario import Scenario
+    from .classification.scorecard import Scorecard
 
 
 def run(scenario: str | Path | Scenario | dict[str, Any], out: str | Path | None = None,
@@ -46,7 +46,7 @@ def run(scenario: str | Path | Scenario | dict[str, Any], out: str | Path | None
     """Run a scenario (a path, a dict or a validated scenario of any task) and return its
     scorecard (options: ``device``, ``resume``, ``progress``, ``executor``, ...)."""
     from .core.driver import run as run_scenario
-    from .scenario import load_scenario, scenario_from_dict
+    from .core.scenario import load_scenario, scenario_from_dict
 
     if isinstance(scenario, (str, Path)):
         scenario = load_scenario(scenario)

@@ -160,8 +160,9 @@ def _printable(message: str, width: int = 600) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .runner import train_defenses
-    from .scenario import Scenario, load_scenario
+    from .classification.runner import train_defenses
+    from .classification.scenario import Scenario
+    from .core.scenario import load_scenario
 
     s = load_scenario(args.scenario)
     if not isinstance(s, Scenario):
@@ -185,7 +186,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from .scenario import load_scenario
+    from .core.scenario import load_scenario
     s = load_scenario(args.scenario)
     print(f"{args.scenario}: ok ({s.task}, {len(s.gates)} gates)")
     return 0
@@ -212,8 +213,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from .core.driver import run
     from .core.executors import make_executor
+    from .core.scenario import load_scenario
     from .core.task import get_task
-    from .scenario import load_scenario
 
     s = load_scenario(args.scenario)
     out = Path(args.out) if args.out else Path("runs") / s.name

@@ -35,7 +35,7 @@ _BUILTIN_MODULES = ("arange.models", "arange.data", "arange.attacks", "arange.de
 _loaded = False
 
 
-def _ensure_loaded() -> None:
+def ensure_loaded() -> None:
     global _loaded
     if _loaded:
         return
@@ -70,9 +70,12 @@ class Entry(Generic[T]):
 class Registry(Generic[T]):
     """Name -> component for one kind of component."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, loader: Callable[[], None] | None = None):
+        """``loader``: what a lookup imports first (default: the built-in components and the
+        ``arange.plugins`` entry points)."""
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
+        self._load = loader or ensure_loaded
 
     def register(self, name: str, description: str | None = None) -> Callable[[T], T]:
         def deco(obj: T) -> T:
@@ -96,20 +99,20 @@ class Registry(Generic[T]):
         self._entries.pop(name, None)
 
     def names(self) -> list[str]:
-        _ensure_loaded()
+        self._load()
         return sorted(self._entries)
 
     def entries(self) -> Iterator[Entry[T]]:
-        _ensure_loaded()
+        self._load()
         for name in sorted(self._entries):
             yield self._entries[name]
 
     def __contains__(self, name: object) -> bool:
-        _ensure_loaded()
+        self._load()
         return name in self._entries
 
     def get(self, name: str) -> T:
-        _ensure_loaded()
+        self._load()
         try:
             return self._entries[name].obj
         except KeyError:

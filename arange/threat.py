@@ -2,22 +2,22 @@
 
 An attack proposes adversarial examples; :func:`enforce` decides what is actually evaluated:
 the perturbation is projected onto the eps-ball, the image clamped to the bounds and, when the task
-saves images as 8-bit, quantised towards the clean image (so quantisation can never leave the ball).
-An attack that returns an oversized perturbation therefore can never inflate a score; the number of
-samples that needed projection is reported so a buggy attack is visible.
+evaluates 8-bit images, moved onto the 8-bit grid by the one rule of :func:`levels_in_ball` (the
+nearest level inside the ball, so quantisation can never leave it). An attack that returns an
+oversized perturbation therefore can never inflate a score; the number of samples that needed
+projection is reported so a buggy attack is visible.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 
 import torch
 
+from arange.core.norms import Norm
 
-class Norm(str, Enum):
-    linf = "linf"
-    l2 = "l2"
+__all__ = ["Enforced", "Norm", "ThreatModel", "enforce", "levels_in_ball", "norms", "project",
+           "quantized"]
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class ThreatModel:
     norm: Norm
     eps: float
     bounds: tuple[float, float] = (0.0, 1.0)
-    quantize: bool = False  # evaluate images on the uint8 grid
+    quantize: bool = False  # evaluate images on the uint8 grid (bounds (0, 1))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", Norm(self.norm))
@@ -34,6 +34,8 @@ class ThreatModel:
         lo, hi = self.bounds
         if not lo < hi:
             raise ValueError(f"bounds must be increasing (got {self.bounds})")
+        if self.quantize and tuple(self.bounds) != (0.0, 1.0):
+            raise ValueError(f"8-bit images need bounds (0, 1) (got {self.bounds})")
 
 
 def norms(delta: torch.Tensor, norm: Norm | str) -> torch.Tensor:
@@ -78,10 +80,7 @@ def enforce(x: torch.Tensor, x_adv: torch.Tensor, threat: ThreatModel) -> Enforc
     violations = bad | out_of_bounds | (raw > threat.eps + tol)
     xp = project(x, x_adv, threat)
     if threat.quantize:
-        # Round the perturbation towards zero on the 1/255 grid; x is assumed on the grid.
-        scale = 255.0 / (threat.bounds[1] - threat.bounds[0])
-        delta = torch.trunc((xp - x) * scale + 1e-4 * torch.sign(xp - x)) / scale
-        xp = (x + delta).clamp(*threat.bounds)
+        xp = quantized(x, xp, threat)
     return Enforced(xp, violations, norms(xp - x, threat.norm))
 
 
@@ -114,9 +113,9 @@ def levels_in_ball(x255: torch.Tensor, d255: torch.Tensor, threat: ThreatModel) 
 
 def quantized(x: torch.Tensor, x_adv: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
     """``x_adv`` moved onto the 8-bit grid inside the threat model (see
-    :func:`levels_in_ball`); ``x`` must be on the grid and the bounds [0, 1]. The result is a
-    fixed point of :func:`arange.threat.enforce` with quantisation."""
-    if threat.bounds != (0.0, 1.0):
+    :func:`levels_in_ball`): the quantisation step of :func:`enforce`. ``x`` must be on the
+    grid and the bounds [0, 1]; the result is a fixed point of :func:`enforce`."""
+    if tuple(threat.bounds) != (0.0, 1.0):
         raise ValueError(f"8-bit images need bounds (0, 1) (got {threat.bounds})")
     x255 = torch.round(x * 255.0)
     return levels_in_ball(x255, (x_adv - x) * 255.0, threat) / 255.0

@@ -30,9 +30,9 @@ def main() -> None:
     import torch
 
     import arange
+    from arange.classification.runner import train_defenses
+    from arange.core.scenario import load_scenario
     from arange.expr import format_eps
-    from arange.runner import train_defenses
-    from arange.scenario import load_scenario
 
     s = load_scenario(args.scenario)
     at = [d for d in s.defenses if d.name in ("pgd_at", "fast_at")]

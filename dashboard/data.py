@@ -6,9 +6,8 @@ A *store* is a folder of run folders (``runs/`` by default); a *run folder* hold
 unsupported file into a :class:`RunDataError` whose message names the file, says what is wrong
 and what to do, so the pages can show it instead of a stack trace.
 
-Scorecards are kept as plain JSON dictionaries: classification scorecards are first validated
-against :class:`arange.scorecard.Scorecard` (pydantic, torch-free); other tasks are read
-defensively by their view modules.
+Scorecards are kept as plain JSON dictionaries, first validated as their task's typed scorecard
+(pydantic, torch-free) by the reader every tool shares.
 """
 
 from __future__ import annotations
@@ -20,22 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
+from arange.core.scorecard import ScorecardError, check_scorecard
 from arange.errors import ArangeError
-from arange.scorecard import SCHEMA_VERSION, Scorecard
 
 SCORECARD = "scorecard.json"
 SAMPLES = "samples.json"
 EXAMPLES = "examples"
 GATES = "gates.json"
-# Scorecard schema versions this dashboard reads, per task. Classification follows
-# arange.scorecard; the hash and forensics tasks started at version 1.
-SUPPORTED_VERSIONS: dict[str, tuple[int, ...]] = {
-    "classification": (SCHEMA_VERSION,),
-    "hash_matching": (1,),
-    "forgery_localization": (1,),
-}
 # Folders inside a run folder that never hold runs themselves.
 _SKIP_DIRS = {"jobs", EXAMPLES, "__pycache__"}
 MAX_DEPTH = 4
@@ -169,51 +159,15 @@ def _read_json(path: Path, what: str) -> Any:
 
 
 def read_scorecard(path: str | Path) -> dict[str, Any]:
-    """Read and check a scorecard; return it as a JSON dictionary or raise RunDataError."""
+    """Read and check a scorecard (as its task's typed scorecard,
+    :func:`arange.core.scorecard.check_scorecard`); return it as a JSON dictionary or raise
+    RunDataError."""
     path = Path(path)
     raw = _read_json(path, "scorecard")
-    if not isinstance(raw, dict):
-        raise RunDataError(f"{path}: not an arange scorecard (the top level is a "
-                           f"{type(raw).__name__}, not an object)")
-    version = raw.get("schema_version")
-    if version is None:
-        raise RunDataError(f"{path}: not an arange scorecard (no schema_version field)")
-    task = raw.get("task", "classification")
-    if not isinstance(task, str):
-        raise RunDataError(f"{path}: task: must be a string (got {task!r})")
-    supported = SUPPORTED_VERSIONS.get(task)
-    if supported is None:
-        raise RunDataError(f"{path}: task {task!r} is not one this dashboard can show "
-                           f"(it shows {', '.join(SUPPORTED_VERSIONS)})")
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise RunDataError(f"{path}: schema_version must be an integer (got {version!r})")
-    if version not in supported:
-        newest = max(supported)
-        if version < newest:
-            raise RunDataError(
-                f"{path}: this scorecard uses an older schema (schema_version {version}); this "
-                f"dashboard reads version {newest}. Run the scenario again with this arange "
-                "version to get a current scorecard, or open it with the arange version that "
-                "wrote it")
-        raise RunDataError(
-            f"{path}: this scorecard uses a newer schema (schema_version {version}) than this "
-            f"dashboard reads ({newest}); upgrade arange to view it")
-    if task == "classification":
-        try:
-            card = Scorecard.model_validate(raw)
-        except ValidationError as e:
-            first = e.errors()[0]
-            loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-            more = f" (and {len(e.errors()) - 1} more problem(s))" if len(e.errors()) > 1 else ""
-            raise RunDataError(f"{path}: invalid scorecard: {loc}: {first['msg']}{more}; run "
-                               "the scenario again to rewrite it") from e
-        return card.model_dump(mode="json")
-    if not isinstance(raw.get("name"), str):
-        raise RunDataError(f"{path}: invalid scorecard: name: missing or not a string")
-    for key in ("results", "checks"):
-        if key in raw and not isinstance(raw[key], list):
-            raise RunDataError(f"{path}: invalid scorecard: {key}: must be a list")
-    return raw
+    try:
+        return check_scorecard(raw, str(path)).model_dump(mode="json")
+    except ScorecardError as e:
+        raise RunDataError(str(e)) from e
 
 
 # Per task: the list of length n that names the samples, and the per-job lists of length n the

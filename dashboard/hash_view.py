@@ -25,19 +25,17 @@ def typed(card: dict[str, Any] | HashScorecard, source: str = "scorecard.json"
           ) -> HashScorecard:
     """The scorecard as the runner's own model (validated once: the helpers below accept
     either); a mismatch is a :class:`RunDataError`."""
-    from pydantic import ValidationError
-
+    from arange.core.scorecard import ScorecardError, check_scorecard
     from arange.hashing.scorecard import HashScorecard
 
     if isinstance(card, HashScorecard):
         return card
     try:
-        return HashScorecard.model_validate(card)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise RunDataError(f"{source}: not a hash_matching scorecard of this arange: {loc}: "
-                           f"{first['msg']}") from e
+        typed = check_scorecard(card, source, TASK)
+    except ScorecardError as e:
+        raise RunDataError(str(e)) from e
+    assert isinstance(typed, HashScorecard)
+    return typed
 
 
 def hash_rows(card: dict[str, Any] | HashScorecard) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """Example images for the galleries: reading ``examples/<job_id>.npz`` and making pictures.
 
-Classification examples (written by :func:`arange.runner._save_examples`) hold ``index``,
+Classification examples (written by :func:`arange.classification.runner.examples_npz`) hold ``index``,
 ``clean`` and ``adv`` (uint8, NCHW), ``label``, ``clean_pred``, ``adv_pred`` and, from runs that
 record them, ``clean_prob`` / ``adv_prob`` (float, N x classes: softmax of the target on the
 clean and on the evaluated adversarial image). The hash and forensics galleries read the arrays

@@ -72,8 +72,8 @@ def tiny_model() -> Any:
     """The tiny scenario's trained model and its evaluation data: (model, x, y)."""
     import torch
 
-    from arange.runner import prepare_target
-    from arange.scenario import scenario_from_dict
+    from arange.classification.runner import prepare_target
+    from arange.core.scenario import scenario_from_dict
 
     target = prepare_target(scenario_from_dict(tiny_scenario()), torch.device("cpu"),
                             progress=False)

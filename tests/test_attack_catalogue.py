@@ -17,9 +17,9 @@ import arange
 from arange.attacks import Misclassification
 from arange.attacks.apgd import checkpoints
 from arange.attacks.fab import project_hyperplane_box
+from arange.core.scenario import scenario_from_dict
 from arange.errors import ScenarioError
 from arange.registry import ATTACKS
-from arange.scenario import scenario_from_dict
 from arange.threat import Norm, ThreatModel, enforce, norms
 
 from .conftest import tiny_scenario
@@ -343,7 +343,7 @@ def test_suite_run_resumes_without_recomputing(suite_run: tuple[Any, Path]) -> N
 
 
 def test_autoattack_scenario_loads() -> None:
-    from arange.scenario import load_scenario
+    from arange.core.scenario import load_scenario
 
     root = Path(__file__).resolve().parent.parent
     s = load_scenario(root / "scenarios" / "autoattack_resnet.yaml")

@@ -11,7 +11,7 @@ import torch
 import yaml
 from torch import nn
 
-from arange.checks import (
+from arange.classification.checks import (
     LARGE_EPS,
     MORE_STEPS,
     ExtraJob,
@@ -23,11 +23,12 @@ from arange.checks import (
     check_whitebox_vs_weaker,
     probe_model,
 )
+from arange.classification.scenario import AttackSpec, DefenseSpec
+from arange.classification.scorecard import ResultRow, load_scorecard
+from arange.core.scenario import scenario_from_dict
 from arange.defenses import Defense
 from arange.errors import ScenarioError
 from arange.registry import DEFENSES, Entry
-from arange.scenario import AttackSpec, DefenseSpec, scenario_from_dict
-from arange.scorecard import ResultRow, load_scorecard
 
 from .conftest import tiny_scenario
 

@@ -270,7 +270,7 @@ def test_scorecard_shows_gate_results_when_evaluated(
 
 @pytest.mark.parametrize("run_id, expected", [
     ("broken/corrupt", "is damaged (not valid JSON at line"),
-    ("broken/old-schema", ("uses an older schema (schema_version 0); this dashboard reads "
+    ("broken/old-schema", ("uses an older schema (schema_version 0); this arange reads "
                            "version 1")),
     ("broken/invalid", "invalid scorecard: results.0.eps: Field required"),
 ])

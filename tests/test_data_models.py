@@ -152,8 +152,8 @@ def test_models_adapt_to_the_data(name: str) -> None:
 def test_zoo_caches_and_is_deterministic(tiny_model: Any) -> None:
     """The tiny model was trained once this session; loading it again is a cache hit with the
     same bytes, and its accuracy is real."""
-    from arange.runner import prepare_target
-    from arange.scenario import scenario_from_dict
+    from arange.classification.runner import prepare_target
+    from arange.core.scenario import scenario_from_dict
 
     from .conftest import tiny_scenario
 

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from arange.classification.runner import attack_entries, expand_jobs
+from arange.core.scenario import scenario_from_dict
 from arange.registry import DEFENSES
-from arange.runner import attack_entries, expand_jobs
-from arange.scenario import scenario_from_dict
 
 from .conftest import tiny_scenario
 

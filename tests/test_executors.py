@@ -13,10 +13,10 @@ import torch
 import yaml
 
 import arange
+from arange.classification.runner import chain_groups, expand_jobs
 from arange.cli import main
 from arange.core.executors import RAY_MISSING, make_executor
-from arange.runner import chain_groups, expand_jobs
-from arange.scenario import scenario_from_dict
+from arange.core.scenario import scenario_from_dict
 from arange.speed import BatchSize
 
 from .conftest import tiny_scenario
@@ -117,7 +117,7 @@ def test_auto_batch_size_halves_on_out_of_memory(monkeypatch: pytest.MonkeyPatch
     """A device that fits 16 images: an auto batch of 64 halves twice and the job's outcome equals
     a run at 16 from the start (each retried batch restarts from its generator state)."""
     from arange.attacks.pgd import PGD
-    from arange.runner import Defended, build_defenses, prepare_target, run_job
+    from arange.classification.runner import Defended, build_defenses, prepare_target, run_job
 
     spec = tiny_scenario(attacks=[{"name": "pgd", "eps": ["8/255"], "params": {"steps": 1}}])
     s = scenario_from_dict(spec)

@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,10 @@ import pytest
 import torch
 import yaml
 
+import arange
 from arange import gates as G
 from arange import stats as S
-from arange.baseline import build_baseline, load_baseline
+from arange.baseline import build_baseline, load_baseline, save_baseline
 from arange.cli import main
 from arange.gates.report import _fmt_p as format_p
 from arange.models import save_weights
@@ -430,7 +432,7 @@ def test_mismatched_scorecards_exit_2(baseline_run: dict[str, Path], tmp_path: P
     card = json.loads((run / "scorecard.json").read_text())
     (run / "scorecard.json").write_text(json.dumps({**card, "schema_version": 99}))
     code, _, err = _gate([str(run)], capsys)
-    assert code == 2 and "scorecard schema_version 99 is not supported" in err
+    assert code == 2 and "uses a newer schema (schema_version 99)" in err
     # a samples file from another run: the gate refuses rather than test the wrong outcomes
     stale = _copy_run(baseline_run["run"], tmp_path / "stale", CLEAN_DROP)
     samples = json.loads((stale / "samples.json").read_text())
@@ -584,77 +586,70 @@ def test_markdown_summary_renders_as_a_table(baseline_run: dict[str, Path],
 
 # ---------------------------------------------------------------------------- other tasks
 
-def test_other_tasks_plug_in_their_own_tables() -> None:
-    """A task names its table, value field, direction and selectors; rules then address it the
-    same way (here a lower-is-better evasion rate selected by a numeric threshold)."""
-    G.register_metrics("toy_hash", [G.Metric(
-        "evasion_rate", "hash_results", "evasion_rate", False, ("hash", "threshold"),
-        ("hash", "threshold"))])
+@pytest.fixture(scope="module")
+def toy_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+    """A range written as a plugin (tests/plugin_range.py) run by the real driver: the recorded
+    run, the same target with another seed, and a degraded (biased) target."""
+    from arange.core.task import TASKS
+
+    from . import plugin_range
+
+    plugin_range.register()
+    root = tmp_path_factory.mktemp("toy")
+    scenario = {"name": "toy", "task": plugin_range.TASK, "target": {"samples": 400},
+                "attacks": [{"name": "pgd", "eps": ["8/255"], "params": {"steps": 5}}],
+                "gates": [{"name": "evasion", "metric": "evasion_rate", "attack": "pgd",
+                           "max": 0.3, "max_drop": 0.02},
+                          {"name": "margin", "metric": "mean_margin", "max_drop": 0.5}]}
+    runs = {}
+    for label, change in (("base", {}), ("reseeded", {"seed": 1}),
+                          ("degraded", {"target": {"samples": 400, "bias": 0.1}})):
+        arange.run({**scenario, **change}, out=root / label, progress=False)
+        runs[label] = root / label
+    runs["baseline"] = save_baseline(runs["base"] / "scorecard.json", root / "baseline.json")
     try:
-        def card(rate: float) -> dict[str, Any]:
-            return {"schema_version": 1, "task": "toy_hash", "name": "h",
-                    "provenance": {"dataset": "d", "dataset_fingerprint": "f", "scenario": {
-                        "gates": [{"name": "evasion", "metric": "evasion_rate", "hash": "pdq",
-                                   "threshold": 10, "max": 0.05, "max_drop": 0.02}]}},
-                    "hash_results": [{"hash": "pdq", "threshold": 10, "evasion_rate": rate,
-                                      "n": 400},
-                                     {"hash": "pdq", "threshold": 20, "evasion_rate": 0.5,
-                                      "n": 400}]}
-        base = G.Evidence("base.json", card(0.02))
-        cur = G.Evidence("cur.json", card(0.10))
-        report = G.evaluate(cur, G.parse_rules(cur.card, "cur.json"), base)
-        ceiling, regression = report.rules[0].checks
-        assert not ceiling.passed and ceiling.value == 0.10
-        assert regression.test == G.NEWCOMBE and regression.worse_by == pytest.approx(0.08)
-        assert not regression.passed and regression.p_value is not None
-        assert regression.p_value < 1e-4
-        with pytest.raises(G.GateError, match="cannot be selected by 'attack'"):
-            G.rules_from_list([{"metric": "evasion_rate", "attack": "x", "max": 0.1}],
-                              "toy_hash", "s.yaml: gates")
+        yield runs
     finally:
-        del G.METRICS["toy_hash"]
+        TASKS.remove(plugin_range.TASK)
+        del G.METRICS[plugin_range.TASK]
+        G.RULE_MODELS.pop(plugin_range.TASK, None)
 
 
-def test_metrics_that_are_not_rates_bring_their_own_regression_test() -> None:
-    """A forgery detector's pixel AUC is not a per-sample rate: no Wilson interval, and a
-    max_drop rule needs the task's own test (here a stand-in reading a p-value off the row)."""
-    seen = []
+def test_a_plugin_range_gates_through_the_core(toy_runs: dict[str, Path]) -> None:
+    """A task registered from outside arange names its table, fields and selectors; its rate is
+    tested pairwise on the per-sample outcomes of its samples file, its average by a bootstrap
+    over samples, and a degraded target fails while another seed passes."""
+    base = json.loads((toy_runs["base"] / "scorecard.json").read_text())
+    degraded = json.loads((toy_runs["degraded"] / "scorecard.json").read_text())
+    assert degraded["results"][0]["evasion_rate"] > base["results"][0]["evasion_rate"] + 0.03
 
-    def test(row: Any, base: Any, cur: G.Evidence, ref: G.Evidence) -> tuple[str, float]:
-        seen.append((row["inpainter"], base["pixel_auc"]))
-        return "paired bootstrap over images", float(row["p"])
+    report = G.gate(toy_runs["degraded"], toy_runs["baseline"])
+    evasion, margin = report.rules
+    ceiling, regression = evasion.checks
+    assert ceiling.passed and ceiling.value == degraded["results"][0]["evasion_rate"]
+    assert regression.test == G.MCNEMAR and not regression.passed
+    assert regression.p_value is not None and regression.p_value < 1e-3
+    (bootstrap,) = margin.checks
+    assert bootstrap.test is not None and bootstrap.test.startswith("bootstrap over images")
+    assert not report.passed
 
-    auc = G.Metric("pixel_auc", "forgery", "pixel_auc", True, ("inpainter",), ("inpainter",),
-                   rate=False, regression_test=test)
-    no_test = G.Metric("image_auc", "forgery", "image_auc", True, ("inpainter",),
-                       ("inpainter",), rate=False)
-    G.register_metrics("toy_forensics", [auc, no_test])
-    try:
-        def card(value: float, p: float) -> dict[str, Any]:
-            return {"schema_version": 1, "task": "toy_forensics", "name": "f",
-                    "provenance": {"dataset": "d", "dataset_fingerprint": "f", "scenario": {
-                        "gates": [{"name": "unseen", "metric": "pixel_auc",
-                                   "inpainter": "lama", "min": 0.8, "max_drop": 0.02}]}},
-                    "forgery": [{"inpainter": "lama", "pixel_auc": value, "n": 50, "p": p}]}
-        base = G.Evidence("base.json", card(0.90, 1.0))
-        for value, p, passes in ((0.85, 0.2, True), (0.85, 0.001, False), (0.75, 1.0, False)):
-            cur = G.Evidence("cur.json", card(value, p))
-            report = G.evaluate(cur, G.parse_rules(cur.card), base)
-            floor, regression = report.rules[0].checks
-            assert floor.ci is None and floor.passed == (value >= 0.8)
-            assert regression.test == "paired bootstrap over images"
-            assert regression.passed == (p > 0.05)
-            assert report.passed == passes
-        assert seen[0] == ("lama", 0.90)
-        with pytest.raises(G.GateError, match="is not a rate and has no regression test"):
-            G.rules_from_list([{"metric": "image_auc", "max_drop": 0.01}], "toy_forensics",
-                              "s.yaml: gates")
-    finally:
-        del G.METRICS["toy_forensics"]
+    again = G.gate(toy_runs["reseeded"], toy_runs["baseline"])
+    assert again.passed, G.render_text(again)
+
+
+def test_plugin_rules_are_checked_against_the_plugins_metrics(toy_runs: dict[str, Path]
+                                                              ) -> None:
+    with pytest.raises(G.GateError, match="is not a rate and has no regression test"):
+        G.rules_from_list([{"metric": "max_margin", "max_drop": 0.01}], "toy_linear",
+                          "s.yaml: gates")
+    with pytest.raises(G.GateError, match="threshold"):
+        G.rules_from_list([{"metric": "evasion_rate", "threshold": 3, "max": 0.1}],
+                          "toy_linear", "s.yaml: gates")
+    G.rules_from_list([{"metric": "max_margin", "min": 0.5}], "toy_linear", "s.yaml: gates")
 
 
 def test_ci_smoke_scenario_is_gated() -> None:
-    from arange.scenario import load_scenario
+    from arange.core.scenario import load_scenario
     s = load_scenario(ROOT / "scenarios" / "ci_smoke.yaml")
     rules = G.rules_from_list([g.model_dump() for g in s.gates], s.task, "ci_smoke")
     assert any(r.max_drop is not None for r in rules) and any(r.min is not None for r in rules)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import arange
+from arange.core.scenario import load_scenario
 from arange.hashing.scorecard import HashScorecard
-from arange.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 

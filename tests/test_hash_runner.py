@@ -17,6 +17,7 @@ import arange
 from arange.attacks.base import Attack, AttackResult
 from arange.baseline import describe
 from arange.cli import main
+from arange.core.scenario import scenario_from_dict
 from arange.errors import DataError
 from arange.gates import gate, load_reference, task_metrics
 from arange.hashing import runner as hash_runner
@@ -31,7 +32,6 @@ from arange.hashing.reference import (
 from arange.hashing.scenario import HASH_METRICS
 from arange.hashing.scorecard import HashScorecard, load_hash_scorecard
 from arange.registry import ATTACKS
-from arange.scenario import scenario_from_dict
 
 TINY: dict[str, Any] = {
     "name": "hash_tiny", "task": "hash_matching", "seed": 0, "device": "cpu",

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from arange.cli import main
+from arange.core.scenario import load_scenario, scenario_from_dict
 from arange.core.task import task_names
 from arange.errors import ScenarioError
 from arange.hashing.scenario import HashScenario
-from arange.scenario import load_scenario, scenario_from_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = """name: hb

@@ -261,4 +261,4 @@ def test_saturated_logits_discredit_the_gradient_rows(tiny_model: Any, tmp_path:
     if more.details.get("base_success") == more.details.get("more_success") == 0:
         assert more.status == "warn" and "says nothing about convergence" in more.message
     assert "unreliable: input gradients are masked" in __import__(
-        "arange.scorecard", fromlist=["format_summary"]).format_summary(card)
+        "arange.classification.scorecard", fromlist=["format_summary"]).format_summary(card)

@@ -11,8 +11,8 @@ import torch
 
 import arange
 from arange.attacks.base import Attack, AttackResult
+from arange.classification.scorecard import SCHEMA_VERSION, Scorecard, load_scorecard
 from arange.registry import ATTACKS
-from arange.scorecard import SCHEMA_VERSION, Scorecard, load_scorecard
 from arange.threat import Norm, ThreatModel, enforce, norms
 
 from .conftest import tiny_scenario
@@ -160,7 +160,7 @@ def test_changed_scenario_does_not_reuse_stale_jobs(tmp_path: Path) -> None:
 
 
 def test_train_mode_target_is_flagged_and_evaluated_in_eval_mode(tiny_model: Any) -> None:
-    from arange.checks import probe_model
+    from arange.classification.checks import probe_model
     model, x, y = tiny_model
     checks = {c.name: c for c in probe_model(model.eval(), x[:16], y[:16], "none", True)}
     assert checks["train_mode"].status == "warn"

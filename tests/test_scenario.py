@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from arange.cli import main
+from arange.core.scenario import load_scenario, scenario_from_dict
 from arange.errors import ScenarioError
 from arange.expr import format_eps, parse_number
-from arange.scenario import load_scenario, scenario_from_dict
 
 from .conftest import ROOT, tiny_scenario
 

@@ -1,10 +1,9 @@
 """The ``classification`` task: an image classifier (and the defenses around it) under
 evasion attacks, scored as robust accuracy per defense x attack x eps.
 
-The hooks of :class:`~arange.core.task.Task` are the functions of :mod:`arange.runner` (jobs,
-the budget-enforcing attack loop, rows and checks); the scenario model is
-:mod:`arange.scenario`'s, the scorecard :mod:`arange.scorecard`'s, the gate metrics
-:mod:`.metrics`'.
+The package holds the range: its scenario model (:mod:`.scenario`), the hooks of
+:class:`~arange.core.task.Task` (:mod:`.runner`: jobs, rows, the worst case), its validity checks
+(:mod:`.checks`), its scorecard (:mod:`.scorecard`) and its gate metrics (:mod:`.metrics`).
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from typing import Any
 
 from arange.core.task import Task, register_task
 
-TASK = "classification"
+from .scenario import TASK
 
 
 class ClassificationTask(Task):
@@ -25,10 +24,11 @@ class ClassificationTask(Task):
     unit = "img"
     libraries = ("torchvision", "numpy", "adversarial-robustness-toolbox", "foolbox",
                  "pydantic", "scikit-learn")
-    runner = "arange.runner"
+    runner = "arange.classification.runner"
+    scorecard_model = "arange.classification.scorecard:Scorecard"
 
     def load(self, raw: dict[str, Any], source: str, folder: Path | None) -> Any:
-        from arange.scenario import load_classification_scenario
+        from .scenario import load_classification_scenario
         return load_classification_scenario(raw, source, folder)
 
     def chain_mask(self, record: dict[str, Any]) -> Any:

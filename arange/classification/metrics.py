@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from arange.gates import Metric, Outcomes, Row, register_metrics, same_value
-from arange.scenario import GateRule
+
+from .scenario import GateRule
 
 TASK = "classification"
 

@@ -75,7 +75,7 @@ def git_sha() -> str | None:
 
 def run_environment(device: object, seed: int, started: dt.datetime, t_start: float,
                     libraries: Iterable[str]) -> dict[str, Any]:
-    """The :class:`~arange.scorecard.RunProvenance` fields of a run that began at ``started``
+    """The :class:`~arange.core.scorecard.RunProvenance` fields of a run that began at ``started``
     (wall clock) and ``t_start`` (:func:`time.perf_counter`) and finishes now; ``libraries``:
     the distributions whose installed versions are recorded (those not installed are left
     out)."""

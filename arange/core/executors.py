@@ -46,7 +46,7 @@ class Chain:
     """Jobs that run in order: job ``i`` gets the input job ``i-1``'s record leaves
     (``task.chain_mask``); the first gets ``mask`` (``None`` where jobs take no input)."""
 
-    jobs: list[Job]
+    jobs: Sequence[Job]
     mask: Any = None
 
 

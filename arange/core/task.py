@@ -19,8 +19,11 @@ and, as functions of its ``runner`` module (imported on first use):
 ``worker_prepare``     ``prepare`` on a worker, checked against ``identity``
 ``build_scorecard``    the records -> the typed scorecard (metrics, CIs, checks, provenance)
 ``summary``            scorecard -> the terminal table
-``load_scorecard``     a scorecard file -> the task's typed scorecard (gate, dashboard)
 =====================  ==========================================================================
+
+``scorecard_model`` names the task's typed scorecard class (``module:Class``, torch-free): every
+reader (the runner, ``arange gate``, the dashboard) validates a scorecard file with it
+(:func:`arange.core.scorecard.read_scorecard`).
 
 A task with chained jobs overrides :meth:`Task.chain_mask` (a record -> the next job's input)
 and :meth:`Task.job_units` (a job's size for the progress bar). Gate metrics are registered by each task with :mod:`arange.gates`; dashboard views by the
@@ -36,13 +39,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from ..errors import ArangeError
-from ..registry import Registry
+from ..registry import Registry, ensure_loaded
 
 if TYPE_CHECKING:
     import torch
 
     from .driver import RunState
     from .executors import Chain, Progress
+    from .scorecard import ScorecardBase
 
 
 class Job(Protocol):
@@ -70,6 +74,7 @@ class Task:
     description: ClassVar[str] = ""   # ``arange list`` text
     short: ClassVar[str] = ""         # the registry's one-liner
     runner: ClassVar[str] = ""        # module with the hooks below
+    scorecard_model: ClassVar[str] = ""  # "module:Class" of the typed scorecard
     unit: ClassVar[str] = "img"       # progress bar unit
     libraries: ClassVar[tuple[str, ...]] = ()  # versions recorded in the provenance
 
@@ -117,16 +122,25 @@ class Task:
     def summary(self, card: Any) -> str:
         return str(self._hook("summary")(card))
 
+    def scorecard_class(self) -> type[ScorecardBase]:
+        """The typed scorecard class named by ``scorecard_model``."""
+        module, _, attr = self.scorecard_model.partition(":")
+        cls = getattr(importlib.import_module(module), attr, None)
+        if not (isinstance(cls, type) and "schema_version" in getattr(cls, "model_fields", {})):
+            raise ArangeError(f"task {self.name!r}: scorecard_model {self.scorecard_model!r} is "
+                              "not a scorecard class")
+        return cls
+
     def load_scorecard(self, path: Path) -> Any:
-        return self._hook("load_scorecard")(path)
+        from .scorecard import read_scorecard
+        return read_scorecard(path, self.name)
 
 
 # The functions a task's runner module defines (Task's methods of the same role call them).
 RUNNER_HOOKS = ("prepare", "plan", "run_planned_job", "identity", "worker_prepare",
-                "build_scorecard", "summary", "load_scorecard")
+                "build_scorecard", "summary")
 
 
-TASKS: Registry[Task] = Registry("task")
 # Modules that register the built-in tasks when imported (lazily: torch-free readers such as
 # the dashboard and the gate stay light).
 TASK_MODULES: tuple[str, ...] = ("arange.classification", "arange.hashing.task",
@@ -139,6 +153,19 @@ TASK_REGISTRIES: dict[str, tuple[str, str]] = {
     "detectors": ("arange.forensics.detector", "DETECTORS"),
 }
 _imported = False
+
+
+def _import_tasks() -> None:
+    global _imported
+    if not _imported:
+        _imported = True
+        for module in TASK_MODULES:
+            importlib.import_module(module)
+
+
+# Looking a task up imports the built-in tasks only, not the attack and model registries
+# (torch); a name not found there loads the plugin packages too (see get_task).
+TASKS: Registry[Task] = Registry("task", loader=_import_tasks)
 
 
 def register_task(task: Task) -> Task:
@@ -155,6 +182,9 @@ def register_task(task: Task) -> Task:
         raise ArangeError(f"task {cls.name!r} does not implement load")
     if not cls.runner or importlib.util.find_spec(cls.runner) is None:
         raise ArangeError(f"task {cls.name!r}: runner module {cls.runner!r} not found")
+    if ":" not in cls.scorecard_model:
+        raise ArangeError(f"task {cls.name!r}: scorecard_model must name its scorecard class as "
+                          f"'module:Class' (got {cls.scorecard_model!r})")
     if cls.name in TASKS:
         if type(TASKS.get(cls.name)).__qualname__ == cls.__qualname__:
             return TASKS.get(cls.name)
@@ -163,21 +193,14 @@ def register_task(task: Task) -> Task:
     return task
 
 
-def _import_tasks() -> None:
-    global _imported
-    if not _imported:
-        _imported = True
-        for module in TASK_MODULES:
-            importlib.import_module(module)
-
-
 def get_task(name: str) -> Task:
-    _import_tasks()
+    if name not in TASKS:
+        ensure_loaded()  # a task from an installed plugin package
     return TASKS.get(name)
 
 
 def task_names() -> list[str]:
-    _import_tasks()
+    ensure_loaded()
     return list(TASKS.names())
 
 

@@ -35,15 +35,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from arange._version import __version__
+from arange.core.attacking import attack_in_batches
 from arange.core.driver import FILES
 from arange.core.executors import Chain
+from arange.core.scorecard import Check, format_checks
 from arange.core.task import content_key
 from arange.errors import ArangeError
 from arange.expr import format_eps
-from arange.scorecard import Check, format_checks
+from arange.registry import ATTACKS
+from arange.speed import BatchSize
 from arange.stats import wilson_interval
 from arange.store import atomic_write_json
-from arange.threat import Norm, ThreatModel, enforce
+from arange.threat import ThreatModel
 
 from . import metrics as M
 from .data import Split, load_split, to_tensor, to_uint8
@@ -60,7 +63,6 @@ from .scorecard import (
     RobustnessRow,
     UntouchedRow,
 )
-from .scorecard import load_forensics_scorecard as load_scorecard  # noqa: F401  (a task hook)
 from .training import train_detector
 
 if TYPE_CHECKING:
@@ -171,33 +173,44 @@ class SuppressMap:
         return (inside < 0).all(dim=1)
 
 
-def run_pgd(net: nn.Module, images: np.ndarray, masks: np.ndarray, eps: float,
-            params: dict[str, Any], seed: int, device: torch.device, batch_size: int
-            ) -> tuple[np.ndarray, dict[str, Any]]:
-    """White-box PGD through ``net``; returns the evaluated uint8 images and budget facts."""
-    from arange.attacks.base import input_gradients_only
-    from arange.registry import create_attack
+TRANSFER = "transfer_"  # prefix of a transfer series: the attack crafted on the surrogate
 
-    attack = create_attack("pgd", **params)
-    threat = ThreatModel(Norm.linf, eps, quantize=True)
+
+def series_name(a: AttackSpec, transfer: bool) -> str:
+    """The rows' ``perturbation`` of attack entry ``a``: its key (``pgd`` unless labelled),
+    prefixed for the transfer series."""
+    return TRANSFER + a.key if transfer else a.key
+
+
+def run_attack(net: nn.Module, images: np.ndarray, masks: np.ndarray, a: AttackSpec,
+               eps: float, seed: int, device: torch.device, batch_size: int
+               ) -> tuple[np.ndarray, dict[str, Any]]:
+    """The attack ``a`` at ``eps`` through ``net`` (:mod:`arange.core.attacking`); returns the
+    evaluated uint8 images and budget facts."""
+    attack = ATTACKS.create(a.name, **a.params)
+    threat = ThreatModel(a.norm, eps, quantize=True)
     gen = torch.Generator(device=device).manual_seed(seed)
     out = np.empty_like(images)
     violations = 0
-    linf = 0.0
+    linf = size = 0.0
     off_grid = 0
     net.eval()
-    with input_gradients_only(net):
-        for s in range(0, len(images), batch_size):
-            x = to_tensor(images[s:s + batch_size]).to(device)
-            y = torch.from_numpy(masks[s:s + batch_size])[:, None].float().to(device)
-            raw = attack.run(net, x, y, threat, SuppressMap(), gen).x_adv.detach()
-            final = enforce(x, raw, threat)
-            violations += int(final.violations.sum())
-            linf = max(linf, float((final.x_adv - x).abs().max()) if x.numel() else 0.0)
-            grid = final.x_adv * 255
-            off_grid += int(((grid - grid.round()).abs() > 1e-3).flatten(1).any(dim=1).sum())
-            out[s:s + batch_size] = to_uint8(final.x_adv)
-    return out, {"linf_max": linf, "budget_violations": violations, "off_grid": off_grid,
+
+    def load(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = to_tensor(images[rows.numpy()]).to(device)
+        return x, torch.from_numpy(masks[rows.numpy()])[:, None].float().to(device)
+
+    for b in attack_in_batches(attack, net, torch.arange(len(images)), load, threat,
+                               SuppressMap(), gen, BatchSize(batch_size)):
+        violations += int(b.enforced.violations.sum())
+        if len(b.index):
+            size = max(size, float(b.enforced.perturbation.max()))
+            linf = max(linf, float((b.x_adv - b.x).abs().max()))
+        grid = b.x_adv * 255
+        off_grid += int(((grid - grid.round()).abs() > 1e-3).flatten(1).any(dim=1).sum())
+        out[b.index.numpy()] = to_uint8(b.x_adv)
+    return out, {"norm": threat.norm.value, "perturbation_max": size, "linf_max": linf,
+                 "budget_violations": violations, "off_grid": off_grid,
                  "attack_params": attack.params()}
 
 
@@ -329,13 +342,13 @@ def job_attack(ctx: Context, a: AttackSpec, eps: float, transfer: bool) -> list[
     images, masks, labels = attack_subset(ctx, a.samples)
     seed = int(_key({"eps": eps, "transfer": transfer, "seed": ctx.s.seed})[:8], 16)
     if eps > 0:
-        adv, facts = run_pgd(ctx.nets[source], images, masks, eps, a.params, seed, ctx.device,
-                             ctx.s.target.batch_size)
+        adv, facts = run_attack(ctx.nets[source], images, masks, a, eps, seed, ctx.device,
+                                ctx.s.target.batch_size)
     else:
-        adv, facts = images, {"linf_max": 0.0, "budget_violations": 0, "off_grid": 0,
-                              "attack_params": {}}
+        adv, facts = images, {"norm": a.norm.value, "perturbation_max": 0.0, "linf_max": 0.0,
+                              "budget_violations": 0, "off_grid": 0, "attack_params": {}}
     kind = "transfer" if transfer else "white-box"
-    base = "transfer_pgd" if transfer else "pgd"
+    base = series_name(a, transfer)
     label = format_eps(eps) if eps > 0 else "0"
     variants = [(base, adv)]
     if a.jpeg_quality is not None:
@@ -398,7 +411,9 @@ def _checks(ctx: Context, infos: list[InpainterInfo], results: list[ResultRow],
                             message="every forged test image equals its real image outside the "
                             "mask, bit for bit"))
     attacks = [r for r in rob if r.kind != "benign" and r.strength > 0]
-    over = [r for r in attacks if (r.linf_max or 0) > r.strength + 1e-6 or r.off_grid]
+    over = [r for r in attacks if r.off_grid or (
+        r.perturbation_max if r.perturbation_max is not None else r.linf_max or 0) >
+        r.strength * (1 + 1e-5) + 1e-6]
     proposed = [r for r in attacks if r.budget_violations]
     if not attacks:
         checks.append(Check(name="budget", status="skip", message="no attack in this scenario"))
@@ -424,12 +439,13 @@ def _checks(ctx: Context, infos: list[InpainterInfo], results: list[ResultRow],
             if (hi.auc or 0) > (lo.auc or 0) + 0.02:
                 bad.append(f"{name}: AUC {lo.auc} at {lo.eps_label} < {hi.auc} at "
                            f"{hi.eps_label}")
-    wb = {r.strength: r for r in rob if r.perturbation == "pgd"}
+    wb = {(r.perturbation, r.strength): r for r in rob if r.kind == "white-box"}
     for r in rob:
-        if r.perturbation == "transfer_pgd" and r.strength in wb and r.strength > 0 and \
-                (wb[r.strength].auc or 0) > (r.auc or 0) + 0.02:
+        w = wb.get((r.perturbation.removeprefix(TRANSFER), r.strength))
+        if r.kind == "transfer" and w is not None and r.strength > 0 and \
+                (w.auc or 0) > (r.auc or 0) + 0.02:
             bad.append(f"transfer at {r.eps_label} (AUC {r.auc}) beats white-box "
-                       f"(AUC {wb[r.strength].auc})")
+                       f"(AUC {w.auc})")
     if not series:
         checks.append(Check(name="attack_sanity", status="skip", message="no attack rows"))
     elif bad:
@@ -567,7 +583,7 @@ def plan(s: ForensicsScenario, ctx: Context) -> list[Chain]:
             for eps in [0.0, *a.eps]:
                 if eps == 0.0 and transfer:
                     continue  # the unattacked baseline is the same for both
-                name = "transfer_pgd" if transfer else "pgd"
+                name = series_name(a, transfer)
                 specs.append((f"{s.target_detector}__{name}-{format_eps(eps).replace('/', '_')}",
                               {"job": "attack", "attack": a.model_dump(), "eps": eps,
                                "transfer": transfer}, "robustness"))
@@ -588,13 +604,14 @@ def build_scorecard(state: RunState) -> ForensicsScorecard:
             r = dict(r)
             samples[r["job_id"]] = r.pop("_per_image", {})
             tables[job.table].append(r)
-    # the pgd baseline (eps 0) also starts the transfer series
+    # an attack's baseline (eps 0) also starts its transfer series
+    transfer = {r["perturbation"] for r in tables["robustness"] if r["kind"] == "transfer"}
     for r in list(tables["robustness"]):
-        if r["kind"] == "white-box" and r["strength"] == 0 and any(
-                x["kind"] == "transfer" for x in tables["robustness"]):
-            tables["robustness"].append({**r, "perturbation": r["perturbation"].replace(
-                "pgd", "transfer_pgd", 1), "kind": "transfer",
-                "source": f"{s.target_detector}@seed{s.seed + 1}"})
+        if r["kind"] == "white-box" and r["strength"] == 0 and \
+                TRANSFER + r["perturbation"] in transfer:
+            tables["robustness"].append({**r, "perturbation": TRANSFER + r["perturbation"],
+                                         "kind": "transfer",
+                                         "source": f"{s.target_detector}@seed{s.seed + 1}"})
     order = {"benign": 0, "white-box": 1, "transfer": 2}
     tables["robustness"].sort(key=lambda r: (r["detector"], order[r["kind"]], r["perturbation"],
                                              r["strength"]))

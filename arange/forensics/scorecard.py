@@ -1,4 +1,4 @@
-"""The forgery-localisation scorecard: the same envelope as :mod:`arange.scorecard`
+"""The forgery-localisation scorecard: the same envelope as :mod:`arange.core.scorecard`
 (schema_version, task, name, provenance, checks, files) with the forensics range's own tables.
 
 ``results`` holds one row per (detector, inpainter) on unattacked forgeries; ``untouched`` one
@@ -15,12 +15,12 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from arange.scorecard import (
+from arange.core.scorecard import (
     Check,
     DataProvenance,
+    Model,
     RunProvenance,
     ScorecardBase,
-    _Model,
     read_scorecard,
 )
 
@@ -28,7 +28,7 @@ SCHEMA_VERSION = 1
 TASK = "forgery_localization"
 
 
-class _Timings(_Model):
+class _Timings(Model):
     timings: dict[str, float] = Field(default_factory=dict)   # seconds per stage
 
 
@@ -37,7 +37,7 @@ class ForensicsProvenance(DataProvenance, _Timings, RunProvenance):
     pass
 
 
-class InpainterInfo(_Model):
+class InpainterInfo(Model):
     name: str
     kind: str                       # classical | learned
     seen: bool                      # among the detectors' training forgeries
@@ -47,7 +47,7 @@ class InpainterInfo(_Model):
     changed_outside_mask: int = 0   # pixels outside the mask that differ from the real image
 
 
-class DetectorInfo(_Model):
+class DetectorInfo(Model):
     label: str
     name: str
     params: dict[str, Any]
@@ -60,7 +60,7 @@ class DetectorInfo(_Model):
     role: Literal["detector", "transfer_source"] = "detector"
 
 
-class ResultRow(_Model):
+class ResultRow(Model):
     job_id: str
     detector: str
     inpainter: str
@@ -83,7 +83,7 @@ class ResultRow(_Model):
     mask_score: float               # mean probability inside the masks
 
 
-class UntouchedRow(_Model):
+class UntouchedRow(Model):
     job_id: str
     detector: str
     n: int
@@ -93,7 +93,7 @@ class UntouchedRow(_Model):
     mean_score: float
 
 
-class RobustnessRow(_Model):
+class RobustnessRow(Model):
     job_id: str
     detector: str                   # whose map is scored
     perturbation: str               # jpeg | resize | noise | pgd | pgd+jpeg75 | transfer_pgd ...
@@ -116,7 +116,9 @@ class RobustnessRow(_Model):
     image_auc: float | None = None  # benign rows: against the same perturbation of the real set
     image_fpr: float | None = None
     mask_score: float               # mean probability inside the masks
-    linf_max: float | None = None   # attacks: largest evaluated perturbation
+    linf_max: float | None = None   # attacks: largest evaluated perturbation (L-inf)
+    norm: str | None = None         # attacks: the threat model's norm (linf | l2)
+    perturbation_max: float | None = None  # attacks: largest evaluated perturbation, in norm
     off_grid: int | None = None     # attacks: evaluated images not on the 8-bit grid
     budget_violations: int | None = None  # raw attack outputs the runner had to project
     attack_params: dict[str, Any] = Field(default_factory=dict)
@@ -145,4 +147,6 @@ class ForensicsScorecard(ScorecardBase):
 
 
 def load_forensics_scorecard(path: str | Path) -> ForensicsScorecard:
-    return read_scorecard(path, ForensicsScorecard, SCHEMA_VERSION, task=TASK)
+    card = read_scorecard(path, TASK)
+    assert isinstance(card, ForensicsScorecard)
+    return card

@@ -21,6 +21,7 @@ class ForensicsTask(Task):
     libraries = ("numpy", "scipy", "scikit-image", "opencv-python-headless", "pillow",
                  "pydantic")
     runner = "arange.forensics.runner"
+    scorecard_model = "arange.forensics.scorecard:ForensicsScorecard"
 
     def load(self, raw: dict[str, Any], source: str, folder: Path | None) -> Any:
         return load_forensics_scenario(raw, source, folder)

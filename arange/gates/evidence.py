@@ -191,26 +191,13 @@ def scorecard_path(path: str | Path) -> Path:
 
 
 def check_card(raw: Any, source: str) -> dict[str, Any]:
-    """Validate a scorecard's JSON (fully for classification) and return it as a dict."""
-    from ..scorecard import SCHEMA_VERSION, Scorecard
-    if not isinstance(raw, dict) or "schema_version" not in raw or "task" not in raw:
-        raise GateError(f"{source}: not an arange scorecard (no schema_version/task)")
-    if raw.get("task", "classification") == "classification":
-        from pydantic import ValidationError
-        if raw["schema_version"] != SCHEMA_VERSION:
-            raise GateError(f"{source}: scorecard schema_version {raw['schema_version']} is "
-                            f"not supported (this arange reads version {SCHEMA_VERSION}); "
-                            "re-run the scenario or use a matching arange version")
-        try:
-            return Scorecard.model_validate(raw).model_dump(mode="json")
-        except ValidationError as e:
-            first = e.errors()[0]
-            loc = ".".join(str(p) for p in first["loc"])
-            raise GateError(f"{source}: invalid scorecard: {loc}: {first['msg']}") from e
-    prov = raw.get("provenance")
-    if not isinstance(prov, dict) or not isinstance(prov.get("scenario"), dict):
-        raise GateError(f"{source}: invalid scorecard: provenance.scenario is missing")
-    return raw
+    """Validate a scorecard's JSON as its task's typed scorecard (the one reader,
+    :func:`arange.core.scorecard.check_scorecard`) and return it as a dict."""
+    from ..core.scorecard import ScorecardError, check_scorecard
+    try:
+        return check_scorecard(raw, source).model_dump(mode="json")
+    except ScorecardError as e:
+        raise GateError(str(e)) from e
 
 
 def load_scorecard_evidence(path: str | Path) -> Evidence:

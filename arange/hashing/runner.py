@@ -30,16 +30,18 @@ import torch
 from torch import nn
 
 from arange._version import __version__
+from arange.core.attacking import attack_in_batches
 from arange.core.driver import CLEAR, FILES
 from arange.core.executors import Chain
+from arange.core.scorecard import Check, format_checks
 from arange.core.task import content_key
 from arange.errors import ArangeError
 from arange.expr import format_eps
 from arange.registry import ATTACKS
-from arange.scorecard import Check, format_checks
+from arange.speed import BatchSize
 from arange.stats import wilson_interval
 from arange.store import atomic_write_bytes, atomic_write_json
-from arange.threat import ThreatModel, enforce, project, quantized
+from arange.threat import ThreatModel
 
 from .attacks import ExactHash, HammingObjective, SurrogateObjective, SurrogateWithExact
 from .data import HashImages, load_images
@@ -69,7 +71,6 @@ from .scorecard import (
     TransferCell,
     TransferRow,
 )
-from .scorecard import load_hash_scorecard as load_scorecard  # noqa: F401  (a task hook)
 
 if TYPE_CHECKING:
     from arange.core.driver import RunState
@@ -146,17 +147,6 @@ def collision_targets(n: int) -> np.ndarray:
     return (np.arange(n) + n // 2) % n
 
 
-def _prepare_candidates(x: torch.Tensor, raw: torch.Tensor, threat: ThreatModel
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(evaluated images, budget violations): the raw output projected onto the ball, moved to
-    the nearest 8-bit level inside it, then passed through enforce (a no-op by then)."""
-    violations = enforce(x, raw, threat).violations
-    raw = torch.where(torch.isfinite(raw), raw, x)
-    cand = quantized(x, project(x, raw, threat), threat)
-    final = enforce(x, cand, threat)
-    return final.x_adv, violations | final.violations
-
-
 def _png_bytes(img: np.ndarray) -> bytes:
     from PIL import Image
     buf = io.BytesIO()
@@ -224,18 +214,15 @@ def run_job(job: HashJob, ctx: Context, bar: Any = None) -> dict[str, Any]:
     violations = np.zeros(n, dtype=bool)
     queries = np.zeros(n, dtype=np.int64)
     t0 = time.perf_counter()
-    bs = s.target.batch_size
-    for start in range(0, n, bs):
-        sl = slice(start, min(start + bs, n))
-        xb, yb = x[sl], y_all[sl]
-        result = attack.run(model, xb, yb, threat, objective, gen)
-        final, viol = _prepare_candidates(xb, result.x_adv.detach(), threat)
-        finals[sl] = final
-        violations[sl] = viol.cpu().numpy()
-        if result.queries is not None:
-            queries[sl] = result.queries.cpu().numpy()
+    for b in attack_in_batches(attack, model, torch.arange(n), lambda r: (x[r], y_all[r]),
+                               threat, objective, gen, BatchSize(s.target.batch_size)):
+        rows = b.index.numpy()
+        finals[b.index] = b.x_adv
+        violations[rows] = b.enforced.violations.cpu().numpy()
+        if b.queries is not None:
+            queries[rows] = b.queries.cpu().numpy()
         if bar is not None:
-            bar.update(sl.stop - sl.start)
+            bar.update(len(rows))
     seconds = time.perf_counter() - t0
     rows = np.arange(n)
 

@@ -27,25 +27,21 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from arange.errors import ParamError, RegistryError
-from arange.expr import format_eps
-from arange.registry import suggest
-from arange.scenario import (
-    Device,
-    Label,
-    Name,
+from arange.core.scenario import (
+    AttackSpecBase,
     OptionalNumber,
-    _check_component,
-    _fail,
-    _Strict,
-    check_eps,
+    ScenarioBase,
+    Strict,
+    check_attack,
+    check_choice,
+    check_component,
     check_gate_rule,
-    check_norm,
-    check_serves,
+    check_labels,
+    check_rule_eps,
+    fail,
     load_task_scenario,
-    number_list,
 )
-from arange.threat import Norm
+from arange.errors import ParamError, RegistryError
 
 TASK = "hash_matching"
 # Metrics a hash gate may name (validated here; evaluated by ``arange gate``).
@@ -53,12 +49,12 @@ HASH_METRICS = ("evasion_rate", "collision_rate", "clean_detection_rate", "false
 UNATTACKED_METRICS = ("clean_detection_rate", "false_positive_rate")  # no attack, no eps
 
 
-class HashDataset(_Strict):
+class HashDataset(Strict):
     name: str = "embedded"
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-class HashTarget(_Strict):
+class HashTarget(Strict):
     """The matcher: a hash, its thresholds and the database (the dataset's images)."""
 
     hash: str
@@ -74,27 +70,23 @@ class HashTarget(_Strict):
         return v if isinstance(v, list) else [v]
 
 
-class HashAttackSpec(_Strict):
+class HashAttackSpec(AttackSpecBase):
+    """An evasion or collision attack on the matcher (``goal``), aiming ``margin`` bits beyond
+    the threshold, run at some or all of the target's thresholds."""
+
+    EPS_EXAMPLE = "[8/255, 16/255]"
+
     name: str
-    label: Label | None = None
     goal: Literal["evasion", "collision"] = "evasion"
-    norm: Norm = Norm.linf
-    eps: list[float]
     margin: int = Field(0, ge=0, le=256)  # bits beyond the threshold the attack aims for
     thresholds: list[int] | None = None   # run at these of target.thresholds (default: all)
-    params: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("eps", mode="before")
-    @classmethod
-    def _parse_eps(cls, v: Any) -> list[float]:
-        return number_list(v, "[8/255, 16/255]")
 
     @property
     def key(self) -> str:
         return self.label or (self.name if self.goal == "evasion" else f"{self.name}-collision")
 
 
-class HashEvaluation(_Strict):
+class HashEvaluation(Strict):
     # hashes (and their thresholds) every evading image is also checked against; default: all
     # registered hashes at their common thresholds
     transfer: dict[str, int] | None = None
@@ -112,7 +104,7 @@ class HashEvaluation(_Strict):
         return v
 
 
-class HashGate(_Strict):
+class HashGate(Strict):
     name: str | None = None
     metric: str
     attack: str | None = None
@@ -123,12 +115,8 @@ class HashGate(_Strict):
     max_drop: OptionalNumber = None
 
 
-class HashScenario(_Strict):
-    name: Name
+class HashScenario(ScenarioBase):
     task: Literal["hash_matching"] = TASK
-    description: str = ""
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    device: Device = "auto"
     target: HashTarget
     attacks: list[HashAttackSpec] = Field(min_length=1)
     evaluation: HashEvaluation = Field(default_factory=HashEvaluation)
@@ -142,7 +130,6 @@ def load_hash_scenario(raw: dict[str, Any], source: str, base_dir: Path | None) 
 
 def validate_hash_scenario(s: HashScenario, source: str = "<scenario>") -> None:
     """Semantic checks: registered names, parameters, ranges, references."""
-    from arange.registry import ATTACKS
 
     from .data import HASH_DATASETS
     from .reference import HASHES
@@ -151,50 +138,43 @@ def validate_hash_scenario(s: HashScenario, source: str = "<scenario>") -> None:
     try:
         spec = HASHES.get(t.hash)
     except RegistryError as e:
-        raise _fail(source, "target.hash", str(e)) from e
+        raise fail(source, "target.hash", str(e)) from e
     try:
         bits = spec.bits(t.hash_params)
     except ParamError as e:
-        raise _fail(source, f"target.hash_params.{e.param}", e.message) from e
+        raise fail(source, f"target.hash_params.{e.param}", e.message) from e
     for i, thr in enumerate(t.thresholds):
         if not 0 <= thr < bits:
-            raise _fail(source, f"target.thresholds[{i}]", f"must be in [0, {bits - 1}] for "
+            raise fail(source, f"target.thresholds[{i}]", f"must be in [0, {bits - 1}] for "
                         f"{t.hash} ({bits} bits) (got {thr})")
     if len(set(t.thresholds)) != len(t.thresholds):
-        raise _fail(source, "target.thresholds", "lists the same value twice")
-    _check_component(HASH_DATASETS, t.dataset.name, t.dataset.options, source,
+        raise fail(source, "target.thresholds", "lists the same value twice")
+    check_component(HASH_DATASETS, t.dataset.name, t.dataset.options, source,
                      "target.dataset.name", "target.dataset.options")
     root = t.dataset.options.get("root")
     if isinstance(root, str) and not Path(root).expanduser().is_dir():
-        raise _fail(source, "target.dataset.options.root", f"folder {root} does not exist; give "
+        raise fail(source, "target.dataset.options.root", f"folder {root} does not exist; give "
                     "a path relative to the scenario file (or an absolute one)")
 
-    seen: set[str] = set()
     for i, a in enumerate(s.attacks):
         path = f"attacks[{i}]"
-        attack = _check_component(ATTACKS, a.name, a.params, source, f"{path}.name",
-                                  f"{path}.params")
-        check_serves(a.name, TASK, source, f"{path}.name")
+        attack = check_attack(a, TASK, source, path)
         if getattr(attack, "kind", "") == "white-box" and not spec.surrogate:
-            raise _fail(source, f"{path}.name", f"{a.name} is white-box and needs a "
-                        f"differentiable surrogate, which {t.hash} does not have (surrogates: "
-                        f"{', '.join(n for n in HASHES.names() if HASHES.get(n).surrogate)}); "
-                        "use the black-box attack nes")
-        check_norm(attack, a.name, a.norm, source, path)
-        check_eps(a.eps, a.norm, source, path)
+            raise fail(source, f"{path}.name", f"{a.name} is white-box and needs a "
+                       f"differentiable surrogate, which {t.hash} does not have (surrogates: "
+                       f"{', '.join(n for n in HASHES.names() if HASHES.get(n).surrogate)}); "
+                       "use the black-box attack nes")
         if a.margin >= bits:
-            raise _fail(source, f"{path}.margin", f"must be < {bits} (got {a.margin})")
+            raise fail(source, f"{path}.margin", f"must be < {bits} (got {a.margin})")
         for j, thr in enumerate(a.thresholds or []):
             if thr not in t.thresholds:
-                raise _fail(source, f"{path}.thresholds[{j}]", f"not one of target.thresholds "
+                raise fail(source, f"{path}.thresholds[{j}]", f"not one of target.thresholds "
                             f"({', '.join(map(str, t.thresholds))}) (got {thr})")
         if a.thresholds is not None and not a.thresholds:
-            raise _fail(source, f"{path}.thresholds", "needs at least one threshold, or leave "
+            raise fail(source, f"{path}.thresholds", "needs at least one threshold, or leave "
                         "it out to run at all of target.thresholds")
-        if a.key in seen:
-            raise _fail(source, path, f"{a.key!r} is already used; give this attack a distinct "
-                        "'label'")
-        seen.add(a.key)
+
+    check_labels(s.attacks, "attacks", source)
 
     transfer = s.evaluation.transfer
     if transfer is not None:
@@ -202,40 +182,33 @@ def validate_hash_scenario(s: HashScenario, source: str = "<scenario>") -> None:
             try:
                 hs = HASHES.get(h)
             except RegistryError as e:
-                raise _fail(source, f"evaluation.transfer.{h}", str(e)) from e
+                raise fail(source, f"evaluation.transfer.{h}", str(e)) from e
             nb = hs.bits({})
             if not isinstance(thr, int) or not 0 <= thr < nb:
-                raise _fail(source, f"evaluation.transfer.{h}", f"threshold must be an integer "
+                raise fail(source, f"evaluation.transfer.{h}", f"threshold must be an integer "
                             f"in [0, {nb - 1}] (got {thr!r})")
 
     keys = [a.key for a in s.attacks]
     goals = {a.key: a.goal for a in s.attacks}
-    all_eps = sorted({e for a in s.attacks for e in a.eps})
     for i, g in enumerate(s.gates):
         path = f"gates[{i}]"
         check_gate_rule(g, HASH_METRICS, source, path)
-        if g.min is None and g.max is None and g.max_drop is None:
-            raise _fail(source, path, "needs at least one of min, max or max_drop")
-        if g.attack is not None and g.attack not in keys:
-            raise _fail(source, f"{path}.attack", f"no attack {g.attack!r} in this scenario"
-                        f"{suggest(g.attack, keys)} (attacks: {', '.join(keys)})")
+        check_choice(g.attack, keys, "attack", source, f"{path}.attack")
         if g.metric in UNATTACKED_METRICS:
             for key in ("attack", "eps"):
                 if getattr(g, key) is not None:
-                    raise _fail(source, f"{path}.{key}", f"{g.metric} is measured on "
+                    raise fail(source, f"{path}.{key}", f"{g.metric} is measured on "
                                 f"unmodified images; remove {key}")
         else:
             goal = g.metric.removesuffix("_rate")
             if g.attack is not None and goals[g.attack] != goal:
-                raise _fail(source, f"{path}.metric", f"attack {g.attack!r} aims at "
+                raise fail(source, f"{path}.metric", f"attack {g.attack!r} aims at "
                             f"{goals[g.attack]}; gate it with {goals[g.attack]}_rate")
             if goal not in goals.values():
-                raise _fail(source, f"{path}.metric", f"no {goal} attack in this scenario "
+                raise fail(source, f"{path}.metric", f"no {goal} attack in this scenario "
                             f"(attacks: {', '.join(f'{k} ({v})' for k, v in goals.items())})")
-        if g.eps is not None and not any(abs(g.eps - e) < 1e-9 for e in all_eps):
-            raise _fail(source, f"{path}.eps", f"no attack runs at eps {format_eps(g.eps)} "
-                        f"(scenario eps: {', '.join(format_eps(e) for e in all_eps)})")
+        check_rule_eps(g.eps, s.attacks, source, f"{path}.eps")
         if g.threshold is not None and g.threshold not in t.thresholds:
-            raise _fail(source, f"{path}.threshold", f"not one of target.thresholds "
+            raise fail(source, f"{path}.threshold", f"not one of target.thresholds "
                         f"({', '.join(map(str, t.thresholds))}) (got {g.threshold})")
 

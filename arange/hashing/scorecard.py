@@ -1,4 +1,4 @@
-"""The hash-matching scorecard: the same envelope as :mod:`arange.scorecard` (schema_version,
+"""The hash-matching scorecard: the same envelope as :mod:`arange.core.scorecard` (schema_version,
 task, name, provenance, checks, files) with the hash range's own tables.
 
 Every rate carries its count and a 95% Wilson interval. Successes are counted only after the
@@ -13,12 +13,12 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from arange.scorecard import (
+from arange.core.scorecard import (
     Check,
     DataProvenance,
+    Model,
     RunProvenance,
     ScorecardBase,
-    _Model,
     read_scorecard,
 )
 
@@ -26,7 +26,7 @@ SCHEMA_VERSION = 1
 TASK = "hash_matching"
 
 
-class _Oracle(_Model):
+class _Oracle(Model):
     reference: str                 # the oracle, e.g. "imagehash 4.3.2 phash(hash_size=8)"
 
 
@@ -35,7 +35,7 @@ class HashProvenance(DataProvenance, _Oracle, RunProvenance):
     pass
 
 
-class Matcher(_Model):
+class Matcher(Model):
     hash: str
     hash_params: dict[str, Any]
     bits: int
@@ -45,7 +45,7 @@ class Matcher(_Model):
     fast_path: bool                # torch implementation used in the attacks' inner loop
 
 
-class Agreement(_Model):
+class Agreement(Model):
     """Torch fast path vs the reference library on the evaluation images."""
 
     hash: str
@@ -57,7 +57,7 @@ class Agreement(_Model):
     mismatched: list[str] = Field(default_factory=list)  # image ids (first 20)
 
 
-class Detection(_Model):
+class Detection(Model):
     """Unmodified images (read back from their PNG) matched against the database."""
 
     threshold: int
@@ -67,14 +67,14 @@ class Detection(_Model):
     rate_ci: tuple[float, float]
 
 
-class FprPoint(_Model):
+class FprPoint(Model):
     threshold: int
     false_positives: int
     fpr: float
     fpr_ci: tuple[float, float]
 
 
-class FprCurve(_Model):
+class FprCurve(Model):
     """False matches among pairs of distinct benign images, at every threshold. The pairs share
     images, so the interval (which treats pairs as independent) is optimistic."""
 
@@ -86,14 +86,14 @@ class FprCurve(_Model):
     points: list[FprPoint]
 
 
-class QueryPoint(_Model):
+class QueryPoint(Model):
     queries: int
     successes: int
     rate: float
     rate_ci: tuple[float, float]
 
 
-class Stats(_Model):
+class Stats(Model):
     n: int
     mean: float | None = None
     median: float | None = None
@@ -103,7 +103,7 @@ class Stats(_Model):
     max: float | None = None
 
 
-class HashResultRow(_Model):
+class HashResultRow(Model):
     job_id: str
     attack: str                    # the scenario's label
     attack_name: str               # the registered hash attack
@@ -134,7 +134,7 @@ class HashResultRow(_Model):
     seconds: float
 
 
-class TransferCell(_Model):
+class TransferCell(Model):
     threshold: int
     n: int
     evaded: int                    # evasion: no database entry within threshold; collision: hit
@@ -142,7 +142,7 @@ class TransferCell(_Model):
     rate_ci: tuple[float, float]
 
 
-class TransferRow(_Model):
+class TransferRow(Model):
     """Images that succeeded against the target hash, checked against the other hashes."""
 
     job_id: str
@@ -155,7 +155,7 @@ class TransferRow(_Model):
     checked: dict[str, TransferCell]
 
 
-class SweepRow(_Model):
+class SweepRow(Model):
     """Evasion next to the false-positive cost, per threshold."""
 
     threshold: int
@@ -188,4 +188,6 @@ class HashScorecard(ScorecardBase):
 
 
 def load_hash_scorecard(path: str | Path) -> HashScorecard:
-    return read_scorecard(path, HashScorecard, SCHEMA_VERSION, task=TASK)
+    card = read_scorecard(path, TASK)
+    assert isinstance(card, HashScorecard)
+    return card

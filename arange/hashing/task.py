@@ -22,6 +22,7 @@ class HashTask(Task):
     libraries = ("imagehash", "pdqhash", "pillow", "numpy", "scipy", "PyWavelets",
                  "scikit-image", "scikit-learn", "pydantic")
     runner = "arange.hashing.runner"
+    scorecard_model = "arange.hashing.scorecard:HashScorecard"
 
     def load(self, raw: dict[str, Any], source: str, folder: Path | None) -> Any:
         return load_hash_scenario(raw, source, folder)

@@ -20,8 +20,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._version import __version__
-from .attacks.base import Misclassification, input_gradients_only
+from arange._version import __version__
+from arange.attacks.base import Misclassification, input_gradients_only
+from arange.core.attacking import attack_in_batches
+from arange.core.driver import resolve_device
+from arange.core.executors import Chain
+from arange.core.task import content_key
+from arange.data import ImageDataset, load_dataset
+from arange.defenses.base import Defense, DefenseContext
+from arange.errors import ArangeError
+from arange.expr import format_eps
+from arange.models import build_model, load_weights
+from arange.registry import ATTACKS, DEFENSES
+from arange.speed import BatchSize, place_batch, place_model
+from arange.stats import wilson_interval
+from arange.threat import ThreatModel
+from arange.zoo import Recipe, cache_dir, zoo_weights
+
 from .checks import (
     AUTOCAST,
     ExtraJob,
@@ -32,15 +47,6 @@ from .checks import (
     probe_model,
     run_row_checks,
 )
-from .core.driver import resolve_device
-from .core.executors import Chain
-from .core.task import content_key
-from .data import ImageDataset, load_dataset
-from .defenses.base import Defense, DefenseContext
-from .errors import ArangeError
-from .expr import format_eps
-from .models import build_model, load_weights
-from .registry import ATTACKS, DEFENSES
 from .scenario import AttackSpec, DefenseSpec, Scenario
 from .scorecard import (
     CleanRow,
@@ -49,17 +55,12 @@ from .scorecard import (
     Scorecard,
     WorstCaseRow,
     format_summary,
-    load_scorecard,
 )
-from .speed import BatchSize, place_batch, place_model, restore_rng, rng_state
-from .stats import wilson_interval
-from .threat import ThreatModel, enforce
-from .zoo import Recipe, cache_dir, zoo_weights
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from .core.driver import RunState
+    from arange.core.driver import RunState
 
 log = logging.getLogger(__name__)
 JOB_FORMAT = 1
@@ -203,7 +204,7 @@ def _job_context(s: Scenario, weights_sha: str, data_fp: str) -> dict[str, Any]:
 
 def suite_components(a: AttackSpec) -> list[AttackSpec]:
     """A suite entry's component attacks as attack entries labelled ``<suite label>/<name>``."""
-    from .attacks.suites import SUITES
+    from arange.attacks.suites import SUITES
 
     suite = SUITES.create(str(a.suite), **a.params)
     # built from validated parts; the '/' of the label never reaches a file name (job_id)
@@ -275,9 +276,8 @@ def run_job(job: Job, defended: Defended, data: ImageDataset, attack_mask: torch
     """Attack the samples in ``attack_mask`` and return the job record (per-sample outcomes).
 
     The attack runs on the defense's adaptive view for adaptive jobs; what counts is always the
-    defended model's own output on the budget-enforced example. With ``batch_size: auto`` a
-    batch that runs out of CUDA memory is retried at half the size from the random state it
-    started with (``batch`` remembers the size for later jobs)."""
+    defended model's own output on the budget-enforced example (:mod:`arange.core.attacking`;
+    ``batch`` remembers a size halved after running out of memory for later jobs)."""
     model = defended.model
     attacked_model = defended.attack_model(job.adaptive)
     # bf16 autocast for the attack only: the runner scores every example in full precision.
@@ -285,51 +285,38 @@ def run_job(job: Job, defended: Defended, data: ImageDataset, attack_mask: torch
     _seed_defense_randomness(job.key)
     attack = ATTACKS.create(str(job.attack.name), **job.attack.params)
     threat = ThreatModel(job.attack.norm, job.eps, quantize=s.target.quantize)
-    objective = Misclassification()
     gen = torch.Generator(device=device).manual_seed(int(job.key[:12], 16))
     n = len(data)
     adv_pred = clean_pred.clone()
     perturbation = torch.zeros(n)
     violations = torch.zeros(n, dtype=torch.bool)
     queries = torch.zeros(n)
-    idx_all = attack_mask.nonzero().squeeze(1)
     batch = batch or BatchSize.resolve(s.target.batch_size, device)
     examples: dict[str, list[np.ndarray]] = {"index": [], "clean": [], "adv": [],
                                              "clean_prob": [], "adv_prob": []}
+
+    def load(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return place_batch(data.x[idx], device), data.y[idx].to(device)
+
+    def score(x_adv: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(x_adv)  # type: ignore[no-any-return]
+
     t0 = time.perf_counter()
-    start = 0
-    while start < idx_all.numel():
-        idx = idx_all[start:start + batch.size]
-        xb, yb = place_batch(data.x[idx], device), data.y[idx].to(device)
-        state = rng_state(gen, device)
-        try:
-            with input_gradients_only(attacked_model), torch.autocast(
-                    device.type, dtype=torch.bfloat16, enabled=bf16):
-                result = attack.run(attacked_model, xb, yb, threat, objective, gen)
-            result.x_adv = result.x_adv.to(xb.dtype)
-            enf = enforce(xb, result.x_adv, threat)
-            with torch.inference_mode():
-                logits = model(enf.x_adv)
-                pred = logits.argmax(1).cpu()
-        except torch.cuda.OutOfMemoryError as e:
-            if not batch.can_shrink(e):
-                raise
-            batch.halve()
-            restore_rng(gen, state, device)
-            continue
-        start += int(idx.numel())
-        adv_pred[idx] = pred
-        perturbation[idx] = enf.perturbation.float().cpu()
-        violations[idx] = enf.violations.cpu()
-        if result.queries is not None:
-            queries[idx] = result.queries.float().cpu()
+    for b in attack_in_batches(attack, attacked_model, attack_mask.nonzero().squeeze(1), load,
+                               threat, Misclassification(), gen, batch, bf16=bf16, score=score):
+        idx, logits = b.index, b.score
+        adv_pred[idx] = logits.argmax(1).cpu()
+        perturbation[idx] = b.enforced.perturbation.float().cpu()
+        violations[idx] = b.enforced.violations.cpu()
+        if b.queries is not None:
+            queries[idx] = b.queries.float().cpu()
         if len(examples["index"]) < EXAMPLES_PER_JOB:
             take = EXAMPLES_PER_JOB - len(examples["index"])
             examples["index"].extend(idx[:take].tolist())
-            examples["clean"].extend(_to_uint8(xb[:take]))
-            examples["adv"].extend(_to_uint8(enf.x_adv[:take]))
-            with torch.inference_mode():  # confidences for the dashboard's gallery
-                examples["clean_prob"].extend(_probs(model(xb[:take])))
+            examples["clean"].extend(_to_uint8(b.x[:take]))
+            examples["adv"].extend(_to_uint8(b.x_adv[:take]))
+            examples["clean_prob"].extend(_probs(score(b.x[:take])))  # for the gallery
             examples["adv_prob"].extend(_probs(logits[:take]))
         if bar is not None:
             bar.update(int(idx.numel()))
@@ -513,7 +500,7 @@ def plan(s: Scenario, p: Prepared) -> list[Chain]:
 def run_planned_job(p: Prepared, job: Job, mask: torch.Tensor, bar: Any = None
                     ) -> dict[str, Any]:
     """One job with the prepared state; its examples travel as ``_files`` for the driver."""
-    from .core.driver import FILES
+    from arange.core.driver import FILES
 
     rec = run_job(job, p.defended[job.defense.key], p.data, mask, p.clean_pred[job.defense.key],
                   p.scenario, p.device, bar, p.batch)
@@ -528,7 +515,7 @@ def run_planned_job(p: Prepared, job: Job, mask: torch.Tensor, bar: Any = None
 def build_scorecard(state: RunState) -> Scorecard:
     """The rows, the worst case, the validity checks (running their extra jobs) and the side
     file of per-sample outcomes."""
-    from .store import atomic_write_json
+    from arange.store import atomic_write_json
 
     s: Scenario = state.scenario
     p: Prepared = state.prepared
@@ -570,13 +557,13 @@ def summary(card: Scorecard) -> str:
     return format_summary(card)
 
 
-__all__ = ["build_scorecard", "identity", "load_scorecard", "plan", "prepare", "run_planned_job",
+__all__ = ["build_scorecard", "identity", "plan", "prepare", "run_planned_job",
            "summary", "worker_prepare"]  # the task's hooks (arange.core.task)
 
 
 def run_scenario(s: Scenario, out: str | Path | None = None, **options: Any) -> Scorecard:
     """Run ``s`` through the driver (:func:`arange.core.driver.run`)."""
-    from .core.driver import run
+    from arange.core.driver import run
 
     card: Scorecard = run(s, out, **options)
     return card
@@ -631,7 +618,7 @@ def _suite_row(group: list[tuple[Job, dict[str, Any]]], data: ImageDataset, clea
         pert[att] = torch.tensor(rec["perturbation"])[att]
         adv_pred[att] = torch.tensor(rec["adv_pred"])[att]
         violations += int(torch.tensor(rec["violations"]).sum())
-    from .attacks.suites import SUITES
+    from arange.attacks.suites import SUITES
     params = SUITES.create(str(spec.suite), **spec.params).params()
     n_att = int(attacked.sum())
     k = int(robust.sum())

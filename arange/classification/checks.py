@@ -17,11 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .expr import format_eps
+from arange.core.scorecard import Check, CheckStatus
+from arange.expr import format_eps
+from arange.stats import mcnemar_exact, mcnemar_exact_one_sided, wilson_interval
+from arange.threat import Norm
+
 from .scenario import AttackSpec, DefenseSpec, Scenario
-from .scorecard import Check, CheckStatus, ResultRow
-from .stats import mcnemar_exact, mcnemar_exact_one_sided, wilson_interval
-from .threat import Norm
+from .scorecard import ResultRow
 
 RowCheck = Callable[[list[ResultRow]], Check]
 
@@ -120,14 +122,14 @@ def check_whitebox_vs_weaker(rows: list[ResultRow]) -> Check:
 def _minimal(r: ResultRow) -> bool:
     """Minimal-norm attacks (DeepFool, C&W, FMN) do not optimise within eps; projected onto a
     small ball they can lose to a one-step attack without any gradient masking."""
-    from .registry import ATTACKS
+    from arange.registry import ATTACKS
     if r.attack_name.startswith("suite:") or r.attack_name not in ATTACKS:
         return False
     return bool(getattr(ATTACKS.get(r.attack_name), "minimal_norm", False))
 
 
 def _iterative(r: ResultRow) -> bool:
-    from .registry import ATTACKS
+    from arange.registry import ATTACKS
     if r.attack_name.startswith("suite:"):
         return True
     if r.attack_name not in ATTACKS:
@@ -338,7 +340,7 @@ def _first_n(mask: torch.Tensor, n: int) -> torch.Tensor:
 def pick_more_steps_attack(s: Scenario) -> AttackSpec | None:
     """The attack the more-steps check re-runs: the configured one, else the first iterative
     white-box attack that has an iteration or restart parameter."""
-    from .registry import ATTACKS
+    from arange.registry import ATTACKS
 
     cfg = s.evaluation.checks.more_steps
     for a in s.attacks:
@@ -365,7 +367,7 @@ def plan_extra_jobs(s: Scenario,
     clean-correct mask per defense; ``pixels`` the number of values per image (for the default
     L2 large eps).
     """
-    from .registry import ATTACKS
+    from arange.registry import ATTACKS
 
     cfg = s.evaluation.checks
     n = cfg.samples
