@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--strict", action="store_true",
                    help="exit 1 when any evaluation-validity check fails")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--trust-code", action="store_true",
+                   help="allow the scenario's python:FILE:CLASS models (runs that code)")
     r.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="where jobs run: local (this process, default) or ray (a Ray cluster; "
                    "needs pip install \"arange[ray]\")")
@@ -77,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only this defense (label or name; repeatable)")
     t.add_argument("--device", help="override the scenario's device (auto, cpu, cuda, cuda:N)")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--trust-code", action="store_true",
+                   help="allow the scenario's python:FILE:CLASS models (runs that code)")
 
     v = sub.add_parser("validate", help="check a scenario file without running it")
     v.add_argument("scenario")
@@ -162,9 +166,9 @@ def _printable(message: str, width: int = 600) -> str:
 def _cmd_train(args: argparse.Namespace) -> int:
     from .classification.runner import train_defenses
     from .classification.scenario import Scenario
-    from .core.scenario import load_scenario
+    from .core.scenario import load_scenario, with_trusted_code
 
-    s = load_scenario(args.scenario)
+    s = with_trusted_code(load_scenario(args.scenario), args.trust_code)
     if not isinstance(s, Scenario):
         raise ArangeError(f"{args.scenario}: 'arange train' builds classification defenses; "
                           f"{s.task} scenarios train their models during 'arange run'")
@@ -189,6 +193,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from .core.scenario import load_scenario
     s = load_scenario(args.scenario)
     print(f"{args.scenario}: ok ({s.task}, {len(s.gates)} gates)")
+    if s.task == "classification":
+        from .classification.target import describe_target
+        for line in describe_target(s):
+            print(f"  {line}")
     return 0
 
 
@@ -213,10 +221,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from .core.driver import run
     from .core.executors import make_executor
-    from .core.scenario import load_scenario
+    from .core.scenario import load_scenario, with_trusted_code
     from .core.task import get_task
 
-    s = load_scenario(args.scenario)
+    s = with_trusted_code(load_scenario(args.scenario), args.trust_code)  # before any compute
     out = Path(args.out) if args.out else Path("runs") / s.name
     reference = _check_gate_request(args, s)  # bad rules or baseline fail before any compute
     executor = make_executor(args.executor, args.address)  # a missing Ray fails here
@@ -224,7 +232,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         shutil.rmtree(out / "jobs")
     task = get_task(s.task)
     card = run(s, out, executor=executor, device=args.device, progress=not args.quiet,
-               scenario_path=args.scenario)
+               scenario_path=args.scenario, trust_code=args.trust_code)
     print(task.summary(card))
     print(f"\nscorecard: {out / 'scorecard.json'}")
     failed = [c for c in card.checks if c.status == "fail"]

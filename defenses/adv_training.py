@@ -48,6 +48,7 @@ class _MaximiseLoss(Misclassification):
 
 class AdversarialTraining(Defense):
     trains: ClassVar[bool] = True
+    retrains_target: ClassVar[bool] = True
     method: ClassVar[str] = ""
 
     def __init__(self, eps: Any = "8/255", init: str = "scratch", bf16: bool = False,

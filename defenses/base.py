@@ -65,6 +65,8 @@ class Defense:
     randomized: ClassVar[bool] = False
     # Builds a model in the range (cached): `arange train` builds these ahead of a run.
     trains: ClassVar[bool] = False
+    # Replaces the target by a model it trains from the target's recipe (registry models only).
+    retrains_target: ClassVar[bool] = False
 
     def build(self, ctx: DefenseContext) -> nn.Module:
         """The defended model (eval mode). Training, if any, happens here (cached)."""

@@ -141,6 +141,48 @@ ROW_CHECKS: list[RowCheck] = [check_budget, check_monotonic_eps, check_iterative
                               check_whitebox_vs_weaker]
 
 
+def check_deployed(rows: list[ResultRow], clean: dict[str, tuple[int, int]], minimum: float
+                   ) -> Check:
+    """The attacked twin (converted from the deployed file) and the deployed runtime agree on
+    at least ``minimum`` of the clean samples (``clean``: defense -> (agreeing, n)) and of every
+    row's attacked samples. The runtime's verdicts count either way; disagreement means the
+    attacks aimed at something other than what is deployed, so they may understate the risk."""
+    worst: list[tuple[float, str]] = [(k / n, f"clean ({d})") for d, (k, n) in clean.items()
+                                      if n]
+    worst += [(r.deployed_agreement, f"{r.attack} at {r.eps_label} ({r.defense})")
+              for r in rows if r.deployed_agreement is not None]
+    if not worst:
+        return Check(name="deployed_runtime", status="skip", message="nothing was scored")
+    low = sorted(w for w in worst if w[0] < minimum)
+    details = {"agreement": {what: round(v, 6) for v, what in worst}, "minimum": minimum}
+    if low:
+        return Check(name="deployed_runtime", status="fail", details=details,
+                     message=f"the attacked twin and the deployed runtime disagree: agreement "
+                     f"{low[0][0]:.3f} on {low[0][1]} (minimum {minimum:g}); the converted "
+                     "model is not what is deployed, so these attacks may understate the risk")
+    return Check(name="deployed_runtime", status="pass", details=details,
+                 message=f"the attacked twin and the deployed runtime agree on at least "
+                 f"{min(w[0] for w in worst):.3f} of the samples (minimum {minimum:g}); "
+                 "every verdict is the runtime's")
+
+
+def check_above_chance(clean: list[Any], num_classes: int) -> Check:
+    """A brought model is clearly better than chance on clean data; at chance, its declared
+    preprocessing (size, mean/std, value range, channel order) or label map is probably not
+    the one it was trained with, and no robustness number means anything."""
+    chance = 1.0 / max(num_classes, 1)
+    bad = [c for c in clean if c.accuracy_ci[1] <= chance + 1e-9 or c.accuracy_ci[0] <= chance
+           and c.accuracy < 1.5 * chance]
+    if bad:
+        c = bad[0]
+        return Check(name="above_chance", status="fail",
+                     message=f"clean accuracy {c.accuracy:.3f} ({c.defense}) is at chance "
+                     f"({chance:.3f}): check target.preprocessing and target.labels against "
+                     "how the model was trained")
+    return Check(name="above_chance", status="pass",
+                 message=f"clean accuracy is above chance ({chance:.3f}) for every defense")
+
+
 def run_row_checks(rows: list[ResultRow]) -> list[Check]:
     return [fn(rows) for fn in ROW_CHECKS]
 

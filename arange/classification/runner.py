@@ -9,6 +9,7 @@ redoing finished jobs.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import logging
@@ -26,21 +27,23 @@ from arange.core.attacking import attack_in_batches
 from arange.core.driver import resolve_device
 from arange.core.executors import Chain
 from arange.core.task import content_key
-from arange.data import ImageDataset, load_dataset
+from arange.data import ImageDataset
 from arange.defenses.base import Defense, DefenseContext
 from arange.errors import ArangeError
 from arange.expr import format_eps
-from arange.models import build_model, load_weights
+from arange.models.sources import parse_model_source
 from arange.registry import ATTACKS, DEFENSES
-from arange.speed import BatchSize, place_batch, place_model
+from arange.speed import BatchSize, place_batch
 from arange.stats import wilson_interval
 from arange.threat import ThreatModel
-from arange.zoo import Recipe, cache_dir, zoo_weights
+from arange.zoo import Recipe, cache_dir
 
 from .checks import (
     AUTOCAST,
     ExtraJob,
+    check_above_chance,
     check_adaptive,
+    check_deployed,
     evaluate_extra_jobs,
     mark_discredited,
     plan_extra_jobs,
@@ -56,6 +59,7 @@ from .scorecard import (
     WorstCaseRow,
     format_summary,
 )
+from .target import PreparedTarget, prepare_target
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -68,40 +72,6 @@ EXAMPLES_PER_JOB = 8
 
 
 @dataclass
-class PreparedTarget:
-    model: nn.Module
-    data: ImageDataset
-    weights_source: str
-    weights_sha256: str
-    model_info: dict[str, Any] = field(default_factory=dict)
-
-
-def prepare_target(s: Scenario, device: torch.device, progress: bool = True) -> PreparedTarget:
-    """Load the evaluation data and the model (training it in the zoo if needed)."""
-    t = s.target
-    data = load_dataset(t.dataset.name, t.dataset.split, **t.dataset.options).subset(t.samples)
-    torch.manual_seed(s.seed)
-    model = build_model(t.model, in_channels=data.channels, num_classes=data.num_classes,
-                        image_size=data.image_size, mean=data.mean, std=data.std,
-                        params=t.model_params)
-    info: dict[str, Any] = {}
-    if t.weights == "zoo":
-        recipe = Recipe(**t.training.model_dump())
-        zm = zoo_weights(t.model, t.model_params, t.dataset.name, t.dataset.options, recipe,
-                         s.seed, device, progress=progress)
-        sha = load_weights(model, zm.path)
-        source, info = f"zoo:{zm.path.name}", zm.info
-    elif t.weights == "random":
-        sha, source = hashlib.sha256(b"random-init").hexdigest(), "random"
-        info = {"note": "randomly initialised; for plumbing tests only"}
-    else:
-        sha = load_weights(model, t.weights)
-        source = t.weights
-    place_model(model, device).eval()  # channels_last on CUDA
-    return PreparedTarget(model, data, source, sha, info)
-
-
-@dataclass
 class Defended:
     """One defense built around the target: the model that is scored and, for defenses that
     need one, the view adaptive attacks differentiate (BPDA/EOT)."""
@@ -111,6 +81,13 @@ class Defended:
     model: nn.Module
     adaptive_model: nn.Module | None
     info: dict[str, Any] = field(default_factory=dict)
+    # The same defense around the deployed runtime (an ONNX target scored by onnxruntime):
+    # what the verdicts come from; ``model`` (around the twin) is what attacks differentiate.
+    deployed: nn.Module | None = None
+
+    @property
+    def scorer(self) -> nn.Module:
+        return self.deployed if self.deployed is not None else self.model
 
     def attack_model(self, adaptive: str | None) -> nn.Module:
         if adaptive is None:
@@ -128,7 +105,8 @@ def build_defenses(s: Scenario, target: PreparedTarget, dev: torch.device,
     for d in s.defenses:
         defense = DEFENSES.create(d.name, **d.params)
         ctx = DefenseContext(
-            model=target.model, model_name=t.model, model_params=t.model_params,
+            model=target.model, model_name=_model_label(t.model, target.weights_sha256),
+            model_params=t.model_params,
             dataset=t.dataset.name, dataset_options=t.dataset.options,
             recipe=Recipe(**t.training.model_dump()), weights_sha256=target.weights_sha256,
             seed=s.seed, device=dev, progress=progress)
@@ -139,8 +117,28 @@ def build_defenses(s: Scenario, target: PreparedTarget, dev: torch.device,
         info = {"name": d.name, "params": defense.params(), "differentiable":
                 defense.differentiable, "randomized": defense.randomized,
                 "adaptive_method": defense.adaptive_method, **ctx.info}
-        out[d.key] = Defended(d, defense, model, adaptive, info)
+        out[d.key] = Defended(d, defense, model, adaptive, info,
+                              around_runtime(model, target, d.key))
     return out
+
+
+def _model_label(model: str, sha: str) -> str:
+    """The target's name in defense cache files: the registry name, or for a brought model its
+    format and weights hash (its spelling holds a path)."""
+    src = parse_model_source(model)
+    return src.name if src.registry else f"{src.kind}-{sha[:16]}"
+
+
+def around_runtime(model: nn.Module, target: PreparedTarget, key: str) -> nn.Module | None:
+    """The defended model with the twin replaced by the deployed runtime (a copy sharing
+    everything else), or None when the target has no separate runtime."""
+    if target.runtime is None:
+        return None
+    scorer = copy.deepcopy(model, memo={id(target.model): target.runtime})
+    if not any(m is target.runtime for m in scorer.modules()):
+        raise ArangeError(f"defense {key!r} does not use the target model it was given, so "
+                          "the deployed runtime cannot score it")
+    return scorer.eval()
 
 
 def train_defenses(s: Scenario, device: str | None = None, only: list[str] | None = None,
@@ -278,7 +276,7 @@ def run_job(job: Job, defended: Defended, data: ImageDataset, attack_mask: torch
     The attack runs on the defense's adaptive view for adaptive jobs; what counts is always the
     defended model's own output on the budget-enforced example (:mod:`arange.core.attacking`;
     ``batch`` remembers a size halved after running out of memory for later jobs)."""
-    model = defended.model
+    model, scorer = defended.model, defended.scorer
     attacked_model = defended.attack_model(job.adaptive)
     # bf16 autocast for the attack only: the runner scores every example in full precision.
     bf16 = s.evaluation.autocast == "bf16" and not job.fp32
@@ -288,6 +286,7 @@ def run_job(job: Job, defended: Defended, data: ImageDataset, attack_mask: torch
     gen = torch.Generator(device=device).manual_seed(int(job.key[:12], 16))
     n = len(data)
     adv_pred = clean_pred.clone()
+    twin_pred = clean_pred.clone() if defended.deployed is not None else None
     perturbation = torch.zeros(n)
     violations = torch.zeros(n, dtype=torch.bool)
     queries = torch.zeros(n)
@@ -300,13 +299,16 @@ def run_job(job: Job, defended: Defended, data: ImageDataset, attack_mask: torch
 
     def score(x_adv: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return model(x_adv)  # type: ignore[no-any-return]
+            return scorer(x_adv)  # type: ignore[no-any-return]
 
     t0 = time.perf_counter()
     for b in attack_in_batches(attack, attacked_model, attack_mask.nonzero().squeeze(1), load,
                                threat, Misclassification(), gen, batch, bf16=bf16, score=score):
         idx, logits = b.index, b.score
         adv_pred[idx] = logits.argmax(1).cpu()
+        if twin_pred is not None:
+            with torch.inference_mode():
+                twin_pred[idx] = model(b.x_adv).argmax(1).cpu()
         perturbation[idx] = b.enforced.perturbation.float().cpu()
         violations[idx] = b.enforced.violations.cpu()
         if b.queries is not None:
@@ -330,7 +332,8 @@ def run_job(job: Job, defended: Defended, data: ImageDataset, attack_mask: torch
             "robust": robust.tolist(), "perturbation": perturbation.tolist(),
             "violations": violations.tolist(),
             "queries": queries.tolist() if attack.kind != "white-box" else None,
-            "batch_size": batch.size, "_examples": examples}
+            "batch_size": batch.size, "_examples": examples,
+            "twin_pred": twin_pred.tolist() if twin_pred is not None else None}
 
 
 def _to_uint8(x: torch.Tensor) -> list[np.ndarray]:
@@ -379,7 +382,18 @@ def _row(job: Job, rec: dict[str, Any], data: ImageDataset, clean_acc: float,
         budget_violations=int(torch.tensor(rec["violations"]).sum()),
         queries_mean=float(torch.tensor(q)[attacked].mean()) if q is not None and n_att else None,
         seconds=round(float(rec["seconds"]), 4), adaptive=job.adaptive is not None,
-        adaptive_method=job.adaptive, adapts=job.adapts)
+        adaptive_method=job.adaptive, adapts=job.adapts,
+        deployed_agreement=_agreement(rec, attacked))
+
+
+def _agreement(rec: dict[str, Any], attacked: torch.Tensor) -> float | None:
+    """Share of the attacked samples on which the attacked twin and the deployed runtime
+    predict the same class (None without a separate runtime)."""
+    twin = rec.get("twin_pred")
+    if twin is None or not bool(attacked.any()):
+        return None
+    same = torch.tensor(twin) == torch.tensor(rec["adv_pred"])
+    return round(float(same[attacked].float().mean()), 6)
 
 
 @dataclass
@@ -396,6 +410,12 @@ class Prepared:
     jobs: list[Job] = field(default_factory=list)
     clean_rows: list[CleanRow] = field(default_factory=list)
     probe_checks: list[Any] = field(default_factory=list)
+    # defense -> (clean samples where the twin agrees with the deployed runtime, n)
+    twin_clean: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def data_classes(self) -> int:
+        return self.target.data.num_classes
 
     @property
     def data(self) -> ImageDataset:
@@ -411,7 +431,7 @@ def clean_predictions(s: Scenario, defended: dict[str, Defended], data: ImageDat
     out = {}
     for d in s.defenses:
         _seed_defense_randomness(hashlib.sha256(f"clean:{d.key}".encode()).hexdigest())
-        out[d.key] = predict(defended[d.key].model, data.x,
+        out[d.key] = predict(defended[d.key].scorer, data.x,
                              BatchSize.resolve(s.target.batch_size, dev).size, dev)
     return out
 
@@ -431,6 +451,9 @@ def prepare(s: Scenario, dev: torch.device, progress: bool = True) -> Prepared:
         p.clean_rows.append(CleanRow(defense=d.key, n=len(data), accuracy=k / len(data),
                                      accuracy_ci=wilson_interval(k, len(data))))
         m = defended[d.key].model
+        if defended[d.key].deployed is not None:
+            twin = predict(m, data.x, p.batch.size, dev)
+            p.twin_clean[d.key] = (int((twin == clean_pred[d.key]).sum()), len(data))
         with input_gradients_only(m):
             p.probe_checks += probe_model(m, data.x[:probe_n].to(dev), data.y[:probe_n].to(dev),
                                           d.key, was_training,
@@ -458,7 +481,8 @@ def worker_prepare(s: Scenario, dev: torch.device, identity: dict[str, Any],
     for key, d in defended.items():
         if getattr(d.defense, "randomized", False):
             continue  # its clean predictions depend on its draws, not on the build
-        if not torch.equal(predict(d.model, target.data.x, batch.size, dev), driver_pred[key]):
+        if not torch.equal(predict(d.scorer, target.data.x, batch.size, dev),
+                           driver_pred[key]):
             raise ArangeError(f"{where}: defense {key!r} predicts differently from the "
                               "driver's on clean data; the nodes must build the same models "
                               "(same arange and library versions, same cached weights)")
@@ -530,6 +554,11 @@ def build_scorecard(state: RunState) -> Scorecard:
     checks = run_row_checks(rows) + p.probe_checks + \
         evaluate_extra_jobs(s, [(ej, rec) for ej, rec, _ in extra]) + \
         check_adaptive(rows, robust_by_job)
+    if not parse_model_source(s.target.model).registry:
+        checks.append(check_above_chance(p.clean_rows, p.data_classes))
+    if p.target.runtime is not None:
+        checks.append(check_deployed(rows, p.twin_clean,
+                                     s.evaluation.checks.deployed_agreement))
     mark_discredited(rows, checks)
 
     samples: dict[str, Any] = {

@@ -56,10 +56,44 @@ class DatasetSpec(Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class Preprocessing(Strict):
+    """What the model expects, applied by arange: ``resize`` (shorter side) and ``crop``
+    (centre, square) when the data are loaded; ``scale`` (the model's value range: 1 for
+    [0, 1], 255 for [0, 255]), ``channels`` order and ``mean`` / ``std`` inside the model
+    wrapper. Budgets (eps) are measured on the [0, 1] image after resize and crop: the image
+    the model sees."""
+
+    resize: int | None = Field(None, ge=8, le=4096)
+    crop: int | None = Field(None, ge=8, le=4096)
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    scale: float = Field(1.0, gt=0, le=255)
+    channels: Literal["rgb", "bgr"] = "rgb"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Preprocessing:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both mean and std, or neither")
+        if self.mean is not None and self.std is not None:
+            if len(self.mean) != len(self.std) or len(self.mean) not in (1, 3):
+                raise ValueError("mean and std need 1 or 3 values each (one per channel)")
+            if not all(v > 0 for v in self.std):
+                raise ValueError("std values must be > 0")
+        if self.resize is not None and self.crop is not None and self.crop > self.resize:
+            raise ValueError(f"crop ({self.crop}) must be <= resize ({self.resize})")
+        return self
+
+
 class Target(Strict):
+    # a registry name, or FORMAT:REF (torchvision:, timm:, onnx:, torchscript:, export:,
+    # python:PATH:CLASS); see arange.models.sources
     model: str
     model_params: dict[str, Any] = Field(default_factory=dict)
     weights: str = "zoo"
+    preprocessing: Preprocessing | None = None
+    # dataset class name -> the model's output index (a mapping, or a JSON file: {name: index}
+    # or ImageNet's {"index": [wnid, name]})
+    labels: dict[str, int] | str | None = None
     training: Training = Field(default_factory=Training)
     dataset: DatasetSpec
     samples: int | None = Field(256, ge=1)
@@ -155,6 +189,8 @@ class ChecksConfig(Strict):
     samples: int = Field(128, ge=8, le=1_000_000)
     large_eps: LargeEpsCheck = Field(default_factory=LargeEpsCheck)
     more_steps: MoreStepsCheck = Field(default_factory=MoreStepsCheck)
+    # ONNX targets: the least agreement between the attacked twin and the deployed runtime
+    deployed_agreement: float = Field(0.99, ge=0, le=1)
 
     @field_validator("large_eps", "more_steps", mode="before")
     @classmethod
@@ -200,24 +236,52 @@ def load_classification_scenario(raw: dict[str, Any], source: str = "<scenario>"
 
 
 def _resolve_paths(s: Scenario, base_dir: Path | None, source: str) -> Scenario:
-    """Make relative weight and dataset paths relative to the scenario file; check weights."""
+    """Make relative model, weight, label and dataset paths relative to the scenario file;
+    check the model source and the weights."""
+    from arange.models.sources import ModelSourceError, parse_model_source
+
     target = s.target
     updates: dict[str, Any] = {}
+    try:
+        src = parse_model_source(target.model, base_dir)
+    except ModelSourceError as e:
+        raise fail(source, "target.model", str(e)) from e
+    if not src.registry:
+        updates["model"] = src.spelling()
+        explicit = "weights" in target.model_fields_set
+        if src.weights_inside and explicit:
+            raise fail(source, "target.weights", f"{target.model} holds its weights; remove "
+                       "target.weights")
+        if target.weights == "zoo" and explicit:
+            raise fail(source, "target.weights", "the zoo trains registry models only; give "
+                       f"a .safetensors, .pt or .pth state dict for {target.model}")
+        if not src.weights_inside and not explicit:
+            raise fail(source, "target.weights", f"{target.model} needs a weights file (a "
+                       ".safetensors, .pt or .pth state dict)")
+    elif target.preprocessing is not None:
+        raise fail(source, "target.preprocessing", f"registry model {target.model!r} normalises "
+                   "with its dataset's statistics; preprocessing applies to models you bring "
+                   "(torchvision:, timm:, onnx:, torchscript:, export:, python:)")
     if target.weights not in ("zoo", "random"):
         p = Path(target.weights).expanduser()
         if p.suffix not in WEIGHT_SUFFIXES:
             raise fail(source, "target.weights",
-                        f"use 'zoo', or a path ending in {', '.join(WEIGHT_SUFFIXES)} "
-                        f"(got {target.weights!r})")
+                       f"use 'zoo', or a path ending in {', '.join(WEIGHT_SUFFIXES)} "
+                       f"(got {target.weights!r})")
         if not p.is_absolute() and base_dir is not None:
             p = (base_dir / p).resolve()
         if not p.is_file():
             raise fail(source, "target.weights", f"file {target.weights!r} does not exist; "
-                        "give a path relative to the scenario file, or use 'zoo' to train one")
+                       "give a path relative to the scenario file, or use 'zoo' to train one")
         updates["weights"] = str(p)
-    if base_dir is None:
-        return s.model_copy(update={"target": target.model_copy(update=updates)}) \
-            if updates else s
+    if isinstance(target.labels, str):
+        p = Path(target.labels).expanduser()
+        if not p.is_absolute() and base_dir is not None:
+            p = (base_dir / p).resolve()
+        if not p.is_file():
+            raise fail(source, "target.labels", f"file {target.labels!r} does not exist; give "
+                       "a JSON file relative to the scenario file, or a mapping")
+        updates["labels"] = str(p)
     opts = relative_root(target.dataset.options, base_dir)
     if opts is not None:
         updates["dataset"] = target.dataset.model_copy(update={"options": opts})
@@ -229,16 +293,31 @@ def _resolve_paths(s: Scenario, base_dir: Path | None, source: str) -> Scenario:
 def validate_components(s: Scenario, source: str = "<scenario>") -> None:
     """Semantic checks that need the registries: names, parameters, ranges, references."""
     from arange.models.nets import DATA_ARGS
+    from arange.models.sources import ModelSourceError, check_model_source, parse_model_source
 
     t = s.target
-    check_component(MODELS, t.model, t.model_params, source, "target.model",
-                     "target.model_params", exclude=DATA_ARGS)
+    src = parse_model_source(t.model)
+    if src.registry:
+        check_component(MODELS, t.model, t.model_params, source, "target.model",
+                        "target.model_params", exclude=DATA_ARGS)
+    else:
+        try:
+            check_model_source(src)
+        except ModelSourceError as e:
+            raise fail(source, "target.model", str(e)) from e
+        if src.weights_inside and t.model_params:
+            raise fail(source, "target.model_params", f"{t.model} is built already; remove "
+                       "model_params")
     check_component(DATASETS, t.dataset.name, t.dataset.options, source,
                      "target.dataset.name", "target.dataset.options")
 
     for i, d in enumerate(s.defenses):
         check_component(DEFENSES, d.name, d.params, source, f"defenses[{i}].name",
                         f"defenses[{i}].params")
+        if not src.registry and getattr(DEFENSES.get(d.name), "retrains_target", False):
+            raise fail(source, f"defenses[{i}].name", f"{d.name} trains its own copy of a "
+                       f"registry model, so it cannot defend {t.model}; bring your defended "
+                       "model as another target instead")
     check_labels(s.defenses, "defenses", source)
     for i, a in enumerate(s.attacks):
         if a.suite is not None:

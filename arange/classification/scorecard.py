@@ -60,6 +60,9 @@ class ResultRow(Model):
     adapts: str | None = None
     # Why this row cannot be trusted (set by the checks, e.g. an adaptive attack does better).
     unreliable: str | None = None
+    # ONNX targets: share of attacked samples where the attacked twin and the deployed runtime
+    # (whose verdict counts) predict the same class.
+    deployed_agreement: float | None = None
 
 
 class WorstCaseRow(Model):

@@ -200,12 +200,16 @@ def check_out_dir(out: Path) -> None:
 
 def run(scenario: Any, out: str | Path | None = None, *, device: str | None = None,
         resume: bool = True, progress: bool = True, scenario_path: str | Path | None = None,
-        executor: Executor | None = None) -> Any:
+        executor: Executor | None = None, trust_code: bool = False) -> Any:
     """Run every job of ``scenario`` (any task) and write ``OUT/scorecard.json``.
 
     ``executor`` decides where the jobs run (default: :class:`LocalExecutor`, in this process);
     whichever runs them, this process writes every result, so the scorecard is the same. The
-    executor is closed when the jobs are done."""
+    executor is closed when the jobs are done. ``trust_code``: the scenario may run the Python
+    files it names (``python:`` models); without it such a scenario is refused."""
+    from .scenario import with_trusted_code
+
+    scenario = with_trusted_code(scenario, trust_code)
     task = get_task(scenario.task)
     started = dt.datetime.now(dt.UTC)
     t_start = time.perf_counter()

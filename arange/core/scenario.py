@@ -24,6 +24,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
 )
@@ -80,6 +81,9 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_Task = typing.TypeVar("_Task", bound=BaseModel)
+
+
 class ScenarioBase(Strict):
     """The head every range's scenario starts with; a range narrows ``task`` to its own name
     (``task: Literal["..."] = TASK``) and adds its target, attacks and gates."""
@@ -89,6 +93,44 @@ class ScenarioBase(Strict):
     description: str = ""
     seed: int = Field(0, ge=0, le=2**31 - 1)
     device: Device = "auto"
+    # Set by ``arange run --trust-code`` only, never from the file: the scenario may run the
+    # Python files it names (``python:`` model sources).
+    _trust_code: bool = PrivateAttr(default=False)
+
+
+def user_code(scenario: BaseModel) -> list[str]:
+    """The ``python:`` model sources a scenario names (each runs the user's code)."""
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if k == "model" and isinstance(v, str) and v.startswith("python:"):
+                    found.append(v)
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+
+    walk(scenario.model_dump(mode="json"))
+    return found
+
+
+def with_trusted_code(scenario: _Task, trust: bool) -> _Task:
+    """``scenario`` allowed (or not) to run the code it names; refuses, with exit status 2,
+    a scenario that names code when ``trust`` is False."""
+    code = user_code(scenario)
+    if code and not trust:
+        raise ScenarioError(f"{code[0]} runs your own Python code: arange runs it only when "
+                            "told to, with 'arange run --trust-code' (or arange.run(..., "
+                            "trust_code=True))")
+    copy = scenario.model_copy()
+    copy._trust_code = trust  # type: ignore[attr-defined]
+    return copy
+
+
+def code_trusted(scenario: Any) -> bool:
+    return bool(getattr(scenario, "_trust_code", False))
 
 
 def number_list(value: Any, example: str = "[4/255, 8/255]") -> list[float]:
@@ -173,15 +215,17 @@ def check_gates(scenario: Any, source: str) -> None:
 
 
 def relative_root(options: dict[str, Any], base_dir: Path | None) -> dict[str, Any] | None:
-    """Dataset ``options`` whose relative ``root`` is made relative to the scenario file's
-    folder ``base_dir``; None when there is nothing to change."""
-    root = options.get("root")
-    if base_dir is None or not isinstance(root, str) or Path(root).expanduser().is_absolute():
+    """Dataset ``options`` whose relative ``root`` (a folder) or ``path`` (a file, such as a
+    manifest) is made relative to the scenario file's folder ``base_dir``; None when there is
+    nothing to change."""
+    if base_dir is None:
         return None
-    return {**options, "root": str((base_dir / root).resolve())}
-
-
-_Task = typing.TypeVar("_Task", bound=BaseModel)
+    changed = dict(options)
+    for key in ("root", "path"):
+        value = options.get(key)
+        if isinstance(value, str) and not Path(value).expanduser().is_absolute():
+            changed[key] = str((base_dir / value).resolve())
+    return changed if changed != options else None
 
 
 def load_task_scenario(model: type[_Task], raw: dict[str, Any], source: str,

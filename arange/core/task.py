@@ -131,10 +131,6 @@ class Task:
                               "not a scorecard class")
         return cls
 
-    def load_scorecard(self, path: Path) -> Any:
-        from .scorecard import read_scorecard
-        return read_scorecard(path, self.name)
-
 
 # The functions a task's runner module defines (Task's methods of the same role call them).
 RUNNER_HOOKS = ("prepare", "plan", "run_planned_job", "identity", "worker_prepare",

@@ -17,16 +17,23 @@ from ..registry import MODELS, register_model
 
 
 class ImageClassifier(nn.Module):
-    """``logits = backbone((x - mean) / std)`` for ``x`` in [0, 1], NCHW."""
+    """``logits = backbone((x * scale [, RGB -> BGR] - mean) / std)`` for ``x`` in [0, 1], NCHW:
+    the model's preprocessing as part of the model, so budgets stay in [0, 1] pixel space."""
 
-    def __init__(self, backbone: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
+    def __init__(self, backbone: nn.Module, mean: tuple[float, ...], std: tuple[float, ...],
+                 scale: float = 1.0, bgr: bool = False):
         super().__init__()
         self.backbone = backbone
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.scale, self.bgr = float(scale), bool(bgr)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone((x - self.mean) / self.std)
+        if self.scale != 1.0:
+            x = x * self.scale
+        if self.bgr:
+            x = x.flip(1)
+        return self.backbone((x - self.mean) / self.std)  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------- CIFAR-style ResNet-20

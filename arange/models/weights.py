@@ -67,6 +67,68 @@ def load_weights(model: nn.Module, path: str | Path) -> str:
     return weights_sha256(path)
 
 
+# Prefixes that training wrappers put in front of a network's keys: DataParallel / DDP,
+# torch.compile, Lightning-style modules, arange's own normalising wrapper.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.", "net.", "backbone.")
+
+
+def map_state_keys(state: dict[str, torch.Tensor], expected: list[str]
+                   ) -> tuple[dict[str, torch.Tensor], str | None]:
+    """``state`` with its keys renamed to ``expected`` by removing wrapper prefixes (any
+    number of :data:`WRAPPER_PREFIXES`, or one prefix all keys share) and/or adding the one
+    prefix all expected keys share; (state, description of the renaming or None)."""
+    want = set(expected)
+    if set(state) == want:
+        return state, None
+
+    def strips(keys: list[str]) -> list[str]:
+        out = [""]
+        prefix = ""
+        while True:
+            heads = {k[len(prefix):].split(".", 1)[0] for k in keys}
+            if len(heads) != 1 or not all("." in k[len(prefix):] for k in keys):
+                break
+            prefix += heads.pop() + "."
+            out.append(prefix)
+        return out
+
+    adds = [p for p in strips(expected) if p]
+    for cut in strips(list(state)):
+        for add in ["", *adds]:
+            renamed = {add + k[len(cut):]: v for k, v in state.items()}
+            if set(renamed) == want:
+                what = [f"removed prefix {cut!r}" if cut else "", f"added prefix {add!r}"
+                        if add else ""]
+                return renamed, f"{len(state)} keys: " + ", ".join(w for w in what if w)
+    return state, None
+
+
+def load_state_mapped(model: nn.Module, path: str | Path) -> tuple[str, str | None]:
+    """Load a state-dict file into ``model`` strictly, renaming wrapper prefixes when that makes
+    the keys fit; returns (sha256 of the file, the renaming done or None). Keys that do not fit
+    are named in the error."""
+    path = Path(path)
+    state = _read_state_dict(path)
+    expected = list(model.state_dict())
+    state, renamed = map_state_keys(state, expected)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in set(expected)]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:4])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:4])})")
+        raise WeightsError(f"{path} does not fit the model: keys {'; '.join(parts)}; check "
+                           "target.model and target.model_params (e.g. num_classes)")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = " ".join(str(e).strip().splitlines()[0:3])
+        raise WeightsError(f"{path} does not fit the model: {first[:400]}") from e
+    return weights_sha256(path), renamed
+
+
 def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> str:
     """Atomically write ``model``'s state dict as safetensors; return its sha256."""
     from safetensors.torch import save_file
