@@ -1,0 +1,170 @@
+"""arange's ``suite: standard`` against the reference AutoAttack (pyautoattack, Croce & Hein's
+code) and torchattacks' AutoAttack: the same model weights, samples, norm and eps, one table.
+
+    python bench/suite_vs_autoattack.py --scenario scenarios/ci_smoke.yaml --norm linf --eps 8/255
+    python bench/suite_vs_autoattack.py --scenario scenarios/defended_resnet.yaml \\
+        --defense pgd_at --norm l2 --eps 0.5 --n 200
+    python bench/suite_vs_autoattack.py --dry-run        # tiny budgets: checks the plumbing
+
+arange runs the suite through ``arange.run`` (its budget enforcement, its per-sample outcomes in
+samples.json); the peers attack the same model object the runner builds, on the samples it
+scored, at AutoAttack's standard budgets (APGD-CE 100 steps, APGD-T 9 x 100, FAB-T 9 x 100,
+Square 5000 queries; the suite's defaults). Each peer's output is checked against the budget
+and re-scored by the model. Per-sample agreement with arange: the samples one breaks and the
+other does not, both ways, with the exact two-sided McNemar p-value. pyautoattack and
+torchattacks are benchmark-only: ``pip install "arange[bench]"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+DRY = {"steps": 3, "n_target_classes": 2, "fab_steps": 3, "n_queries": 20}
+
+
+def scenario(args: argparse.Namespace) -> Any:
+    from arange.core.scenario import load_scenario, scenario_from_dict
+
+    base = load_scenario(args.scenario).model_dump(mode="json")
+    base["attacks"] = [{"suite": "standard", "norm": args.norm, "eps": [args.eps],
+                        "params": DRY if args.dry_run else {}}]
+    base["defenses"] = [d for d in base["defenses"] if (d["label"] or d["name"]) ==
+                        args.defense] or [{"name": "none"}]
+    base["target"]["samples"] = args.n
+    base["device"] = args.device
+    base["gates"] = []
+    base["evaluation"]["checks"] = {"large_eps": False, "more_steps": False}
+    return scenario_from_dict(base, args.scenario, Path(args.scenario).parent)
+
+
+def peers(names: list[str], model: torch.nn.Module, norm: str, eps: float, dry: bool,
+          device: torch.device) -> dict[str, Any]:
+    """name -> function (x, y) -> x_adv, for the peers that are installed."""
+    out: dict[str, Any] = {}
+    if "pyautoattack" in names:
+        try:
+            from pyautoattack import AutoAttack
+        except ImportError:
+            print('# pyautoattack not installed (pip install "arange[bench]"): skipped')
+        else:
+            aa = AutoAttack(model, norm="Linf" if norm == "linf" else "L2", eps=eps,
+                            version="standard", device=device, seed=0)
+            if dry:
+                for a in (aa.apgd, aa.apgd_targeted, aa.fab):
+                    a.n_iter = DRY["steps"]
+                aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = 2
+                aa.square.n_queries = DRY["n_queries"]
+            out["pyautoattack"] = lambda x, y: aa.run_standard_evaluation(x, y,
+                                                                          batch_size=256)[0]
+    if "torchattacks" in names:
+        try:
+            import torchattacks
+        except ImportError:
+            print('# torchattacks not installed (pip install "arange[bench]"): skipped')
+        else:
+            ta = torchattacks.AutoAttack(model, norm="Linf" if norm == "linf" else "L2",
+                                         eps=eps, version="standard", n_classes=10, seed=0)
+            if dry:
+                for a in getattr(ta._autoattack, "attacks", []):  # its MultiAttack
+                    for key in ("steps", "n_queries"):
+                        if hasattr(a, key):
+                            setattr(a, key, DRY["n_queries"] if key == "n_queries" else 3)
+            out["torchattacks"] = lambda x, y: ta(x, y)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scenario", default=str(ROOT / "scenarios" / "ci_smoke.yaml"))
+    ap.add_argument("--defense", default="none", help="the defense label to attack")
+    ap.add_argument("--norm", choices=["linf", "l2"], default="linf")
+    ap.add_argument("--eps", default="8/255")
+    ap.add_argument("--n", type=int, default=100, help="samples")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--peers", nargs="*", default=["pyautoattack", "torchattacks"])
+    ap.add_argument("--dry-run", action="store_true", help="tiny budgets (plumbing check)")
+    ap.add_argument("--json", help="also write the table as JSON here")
+    args = ap.parse_args()
+    from arange.expr import parse_number
+    args.eps = parse_number(args.eps)
+    if args.dry_run:
+        args.n = min(args.n, 16)
+
+    import arange
+    from arange.classification.runner import prepare
+    from arange.stats import mcnemar_exact, wilson_interval
+    from arange.threat import norms
+
+    s = scenario(args)
+    dev = torch.device(args.device)
+    with tempfile.TemporaryDirectory() as out:
+        t0 = time.perf_counter()
+        card = arange.run(s, out=out, progress=False)
+        arange_s = time.perf_counter() - t0
+        samples = json.loads((Path(out) / "samples.json").read_text())
+    row = next(r for r in card.results if r.attack_name == "standard" or r.attack == "standard")
+    ours = torch.tensor(samples["jobs"][row.job_id]["robust"], dtype=torch.bool)
+    suite_s = row.seconds  # the suite row's time is the sum of its components'
+    parts = [f"{r.attack} {r.seconds:.1f}s" for r in card.results
+             if r.defense == row.defense and r is not row]
+
+    p = prepare(s, dev, progress=False)  # the model object the runner scores, and its samples
+    key = row.defense
+    model = p.defended[key].model.eval()
+    for q in model.parameters():
+        q.requires_grad_(False)
+    x, y = p.data.x.to(dev), p.data.y.to(dev)
+    correct = p.correct[key].to(dev)
+    assert p.target.weights_sha256 == card.provenance.weights_sha256
+    n = len(y)
+    header = (f"# {Path(args.scenario).name} defense={key} {args.norm} eps={row.eps_label} "
+              f"n={n} device={args.device} torch {torch.__version__}"
+              f"{' DRY RUN (tiny budgets)' if args.dry_run else ''}")
+    print(header)
+    rows = [{"method": "arange suite: standard", "robust": int(ours.sum()), "n": n,
+             "seconds": round(suite_s, 1), "only_arange": 0, "only_other": 0, "p": 1.0,
+             "violations": row.budget_violations}]
+    for name, fn in peers(args.peers, model, args.norm, args.eps, args.dry_run, dev).items():
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        adv = x.clone()
+        adv[correct] = fn(x[correct], y[correct]).detach()
+        seconds = time.perf_counter() - t0
+        size = norms(adv - x, args.norm)
+        over = int((size > args.eps * (1 + 1e-4) + 1e-6).sum())
+        with torch.no_grad():
+            theirs = (model(adv).argmax(1) == y) & correct
+        theirs = theirs.cpu()
+        only_arange = int((~ours & theirs).sum())   # arange broke it, the peer did not
+        only_other = int((ours & ~theirs).sum())
+        rows.append({"method": name, "robust": int(theirs.sum()), "n": n,
+                     "seconds": round(seconds, 1), "only_arange": only_arange,
+                     "only_other": only_other, "p": mcnemar_exact(only_arange, only_other),
+                     "violations": over})
+    print(f"{'method':<24} {'robust acc':>10} {'95% CI':>13} {'s':>7} {'only arange':>11} "
+          f"{'only peer':>9} {'McNemar p':>9} {'over eps':>8}")
+    for r in rows:
+        lo, hi = wilson_interval(r["robust"], r["n"])
+        print(f"{r['method']:<24} {r['robust'] / r['n']:>10.3f} {f'{lo:.3f}-{hi:.3f}':>13} "
+              f"{r['seconds']:>7.1f} {r['only_arange']:>11} {r['only_other']:>9} "
+              f"{r['p']:>9.3f} {r['violations']:>8}")
+    print(f"# arange's components: {', '.join(parts)}; wall time including data, model and "
+          f"scorecard: {arange_s:.1f}s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"header": header, "rows": rows}, indent=1))
+    if any(r["violations"] for r in rows[1:]):
+        print("# a peer returned examples beyond eps (counted above; its rate is not comparable)",
+              file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
