@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .core.safeio import short
 from .errors import DataError, ParamError
 
 # What torchvision's ImageFolder reads (its IMG_EXTENSIONS).
@@ -372,15 +373,11 @@ def _read_manifest(file: Path) -> list[tuple[str, Any]]:
         rel = Path(row[0])
         if rel.is_absolute() or ".." in rel.parts:
             raise ParamError("path", f"{file}: row {n}: paths are relative to the manifest's "
-                             f"folder and stay inside it (got {short_text(row[0])})")
+                             f"folder and stay inside it (got {short(row[0], 60)})")
         out.append((row[0], label))
     if not out:
         raise ParamError("path", f"{file} lists no images")
     return out
-
-
-def short_text(value: str, limit: int = 60) -> str:
-    return repr(value if len(value) <= limit else value[:limit] + "...")
 
 
 def _rgb_loader(path: str) -> Any:

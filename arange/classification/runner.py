@@ -31,7 +31,6 @@ from arange.data import ImageDataset
 from arange.defenses.base import Defense, DefenseContext
 from arange.errors import ArangeError
 from arange.expr import format_eps
-from arange.models.sources import parse_model_source
 from arange.registry import ATTACKS, DEFENSES
 from arange.speed import BatchSize, place_batch
 from arange.stats import wilson_interval
@@ -105,7 +104,7 @@ def build_defenses(s: Scenario, target: PreparedTarget, dev: torch.device,
     for d in s.defenses:
         defense = DEFENSES.create(d.name, **d.params)
         ctx = DefenseContext(
-            model=target.model, model_name=_model_label(t.model, target.weights_sha256),
+            model=target.model, model_name=_model_label(target),
             model_params=t.model_params,
             dataset=t.dataset.name, dataset_options=t.dataset.options,
             recipe=Recipe(**t.training.model_dump()), weights_sha256=target.weights_sha256,
@@ -122,11 +121,11 @@ def build_defenses(s: Scenario, target: PreparedTarget, dev: torch.device,
     return out
 
 
-def _model_label(model: str, sha: str) -> str:
+def _model_label(target: PreparedTarget) -> str:
     """The target's name in defense cache files: the registry name, or for a brought model its
     format and weights hash (its spelling holds a path)."""
-    src = parse_model_source(model)
-    return src.name if src.registry else f"{src.kind}-{sha[:16]}"
+    src = target.source
+    return src.name if src.registry else f"{src.kind}-{target.weights_sha256[:16]}"
 
 
 def around_runtime(model: nn.Module, target: PreparedTarget, key: str) -> nn.Module | None:
@@ -554,7 +553,7 @@ def build_scorecard(state: RunState) -> Scorecard:
     checks = run_row_checks(rows) + p.probe_checks + \
         evaluate_extra_jobs(s, [(ej, rec) for ej, rec, _ in extra]) + \
         check_adaptive(rows, robust_by_job)
-    if not parse_model_source(s.target.model).registry:
+    if not p.target.source.registry:
         checks.append(check_above_chance(p.clean_rows, p.data_classes))
     if p.target.runtime is not None:
         checks.append(check_deployed(rows, p.twin_clean,

@@ -39,6 +39,8 @@ class PreparedTarget:
     # The deployed artifact that scores (an ONNX file on onnxruntime), when it is not the model
     # the attacks differentiate (its converted twin).
     runtime: nn.Module | None = None
+    # Where the model came from (``target.model`` parsed): the registry, or a format it ships in.
+    source: ModelSource = field(default_factory=lambda: ModelSource("registry", ""))
 
 
 def prepare_target(s: Scenario, device: torch.device, progress: bool = True) -> PreparedTarget:
@@ -67,7 +69,8 @@ def prepare_target(s: Scenario, device: torch.device, progress: bool = True) -> 
         sha = load_weights(model, t.weights)
         source = t.weights
     place_model(model, device).eval()  # channels_last on CUDA
-    return PreparedTarget(model, map_labels(t, data, model, device), source, sha, info)
+    return PreparedTarget(model, map_labels(t, data, model, device), source, sha, info,
+                          source=src)
 
 
 def _prepare_brought_model(s: Scenario, src: ModelSource, device: torch.device
@@ -96,7 +99,7 @@ def _prepare_brought_model(s: Scenario, src: ModelSource, device: torch.device
         "scale": prep.scale, "channels": prep.channels}}
     data = map_labels(t, data, runtime or model, device, info)
     source = weights if weights is not None else src.spelling()
-    return PreparedTarget(model, data, source, loaded.sha256, info, runtime)
+    return PreparedTarget(model, data, source, loaded.sha256, info, runtime, src)
 
 
 def pretrained_size(info: dict[str, Any]) -> Preprocessing:

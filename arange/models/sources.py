@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -326,7 +327,6 @@ class OnnxRuntime(nn.Module):
         step = self.fixed_batch or max(len(arr), 1)
         outs = [self.session.run(None, {self.input_name: arr[i:i + step]})[0]
                 for i in range(0, len(arr), step)]
-        import numpy as np
         out = np.concatenate(outs) if outs else np.zeros((0, 0), dtype=np.float32)
         return torch.from_numpy(out).to(x.device)
 
