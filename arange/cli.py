@@ -12,7 +12,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 from .errors import ArangeError
@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--address", help="with --executor ray: the cluster to join (e.g. "
                    "ray://head:10001 or auto); default: $RAY_ADDRESS if set, else a local "
                    "Ray runtime that arange starts and stops")
+    r.add_argument("--suite-reference", action="store_true",
+                   help="also re-run the suite's samples with the reference AutoAttack and fail "
+                   "the suite_reference check when the suite is significantly weaker (needs "
+                   "pip install \"arange[autoattack]\")")
     r.add_argument("--gate", action="store_true",
                    help="evaluate the scenario's gates after the run; exit 1 if one fails")
     _add_gate_options(r)
@@ -224,7 +228,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .core.scenario import load_scenario, with_trusted_code
     from .core.task import get_task
 
-    s = with_trusted_code(load_scenario(args.scenario), args.trust_code)  # before any compute
+    s = load_scenario(args.scenario)
+    if args.suite_reference:
+        s = _with_suite_reference(s, args.scenario)
+    s = with_trusted_code(s, args.trust_code)  # before any compute
     out = Path(args.out) if args.out else Path("runs") / s.name
     reference = _check_gate_request(args, s)  # bad rules or baseline fail before any compute
     executor = make_executor(args.executor, args.address)  # a missing Ray fails here
@@ -246,6 +253,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
         status = max(status, _report_gate(args, current, parse_rules(current.card,
                                                                      current.source), reference))
     return status
+
+
+def _with_suite_reference(s: Any, path: str) -> Any:
+    """``run --suite-reference``: the scenario with evaluation.checks.suite_reference on,
+    validated again (a suite entry to check, the reference installed)."""
+    from .core.scenario import scenario_from_dict
+
+    if s.task != "classification":
+        raise ArangeError(f"{path}: --suite-reference checks a classification scenario's "
+                          f"suite against the reference AutoAttack; this is a {s.task} scenario")
+    raw = s.model_dump(mode="json")
+    raw["evaluation"]["checks"]["suite_reference"]["enabled"] = True
+    return scenario_from_dict(raw, path, Path(path).parent)
 
 
 def _check_gate_request(args: argparse.Namespace, s: object) -> Evidence | None:

@@ -1,5 +1,6 @@
 """arange's ``suite: standard`` against the reference AutoAttack (pyautoattack, Croce & Hein's
-code) and torchattacks' AutoAttack: the same model weights, samples, norm and eps, one table.
+code), torchattacks' and ART's AutoAttack: the same model weights, samples, norm and eps, one
+table.
 
     python bench/suite_vs_autoattack.py --scenario scenarios/ci_smoke.yaml --norm linf --eps 8/255
     python bench/suite_vs_autoattack.py --scenario scenarios/defended_resnet.yaml \\
@@ -79,6 +80,18 @@ def peers(names: list[str], model: torch.nn.Module, norm: str, eps: float, dry: 
                         if hasattr(a, key):
                             setattr(a, key, DRY["n_queries"] if key == "n_queries" else 3)
             out["torchattacks"] = lambda x, y: ta(x, y)
+    if "art" in names:
+        # ART's AutoAttack at its own defaults (APGD-CE and APGD-DLR with 5 restarts, DeepFool,
+        # Square with 5 restarts), through arange's adapter: what an ART user gets.
+        from arange.attacks import Misclassification
+        from arange.attacks.adapters.art import ARTAutoAttack
+        from arange.registry import ATTACKS
+        from arange.threat import Norm, ThreatModel
+
+        art = ATTACKS.create("art.autoattack", **(ARTAutoAttack.test_params if dry else {}))
+        threat = ThreatModel(Norm(norm), eps)
+        out["art"] = lambda x, y: art.run(model, x, y, threat, Misclassification(),
+                                          torch.Generator(x.device).manual_seed(0)).x_adv
     return out
 
 
@@ -90,7 +103,7 @@ def main() -> None:
     ap.add_argument("--eps", default="8/255")
     ap.add_argument("--n", type=int, default=100, help="samples")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--peers", nargs="*", default=["pyautoattack", "torchattacks"])
+    ap.add_argument("--peers", nargs="*", default=["pyautoattack", "torchattacks", "art"])
     ap.add_argument("--dry-run", action="store_true", help="tiny budgets (plumbing check)")
     ap.add_argument("--json", help="also write the table as JSON here")
     args = ap.parse_args()

@@ -190,7 +190,8 @@ def run_row_checks(rows: list[ResultRow]) -> list[Check]:
 def mark_discredited(rows: list[ResultRow], checks: list[Check]) -> None:
     """Mark the ordinary white-box rows of a defense whose ``gradients``, ``large_eps`` or
     ``outputs`` check failed as unreliable: those checks say gradient attacks cannot be trusted
-    on it (adaptive rows are left alone; they exist for exactly that case)."""
+    on it (adaptive rows are left alone; they exist for exactly that case). A failed
+    ``suite_reference`` check marks the checked suite's rows."""
     why = {"gradients": "input gradients are masked on this target (the gradients check "
                         "failed), so gradient attacks understate the risk",
            LARGE_EPS: "even an absurd budget does not move this target (the large_eps check "
@@ -198,9 +199,17 @@ def mark_discredited(rows: list[ResultRow], checks: list[Check]) -> None:
            "outputs": "the target outputs NaN or Inf (the outputs check failed)"}
     for c in checks:
         base, _, rest = c.name.partition(" (")
+        defense = rest[:-1] if rest else "none"
+        if c.status == "fail" and base == SUITE_REFERENCE:
+            suite = str(c.details.get("suite", ""))
+            for r in rows:
+                if r.defense == defense and (r.attack == suite or r.attack.startswith(
+                        f"{suite}/")) and r.unreliable is None:
+                    r.unreliable = ("the reference AutoAttack broke significantly more samples "
+                                    "than this suite (the suite_reference check failed)")
+            continue
         if c.status != "fail" or base not in why:
             continue
-        defense = rest[:-1] if rest else "none"
         for r in rows:
             if r.defense == defense and (base == "outputs" or (
                     r.kind == "white-box" and not r.adaptive)) and r.unreliable is None:
@@ -353,17 +362,19 @@ def worst(statuses: Iterable[str]) -> str:
 LARGE_EPS = "large_eps"
 MORE_STEPS = "more_steps"
 AUTOCAST = "autocast"
+SUITE_REFERENCE = "suite_reference"
 
 
 @dataclass(eq=False)
 class ExtraJob:
-    check: str                       # LARGE_EPS | MORE_STEPS
+    check: str                       # LARGE_EPS | MORE_STEPS | AUTOCAST | SUITE_REFERENCE
     defense: DefenseSpec
     attack: AttackSpec
     eps: float
     mask: torch.Tensor               # the samples to attack
     key_material: dict[str, Any]     # what the job's content key covers besides the run context
-    base_robust: torch.Tensor | None = None  # MORE_STEPS: the scenario job's per-sample outcome
+    # MORE_STEPS, AUTOCAST, SUITE_REFERENCE: the scenario job's (or suite's) per-sample outcome
+    base_robust: torch.Tensor | None = None
     base_label: str = ""
     chance: float = 0.0  # LARGE_EPS: the largest class share among the samples (a robust
     # classifier could at best keep the samples of the class every image can be pushed into)
@@ -399,15 +410,28 @@ def pick_more_steps_attack(s: Scenario) -> AttackSpec | None:
     return None
 
 
+def _balance(item: tuple[float, dict[str, Any]]) -> int:
+    """How close to half of what it attacked an attack broke at one eps (such an eps says the
+    most when the attack is compared with another)."""
+    rec = item[1]
+    att = torch.tensor(rec["attacked"], dtype=torch.bool)
+    broken = int((att & ~torch.tensor(rec["robust"], dtype=torch.bool)).sum())
+    return min(broken, int(att.sum()) - broken)
+
+
 def plan_extra_jobs(s: Scenario,
                     records: list[tuple[DefenseSpec, AttackSpec, float, dict[str, Any]]],
                     labels: torch.Tensor, correct: dict[str, torch.Tensor],
-                    pixels: int = 0) -> list[ExtraJob]:
-    """The extra jobs for the large-eps and more-steps checks, per defense.
+                    pixels: int = 0,
+                    suites: list[tuple[DefenseSpec, str, float, dict[str, Any]]] | None = None
+                    ) -> list[ExtraJob]:
+    """The extra jobs for the large-eps, more-steps, autocast and suite-reference checks, per
+    defense.
 
     ``records`` are the scenario's finished jobs (defense, attack, eps, record); ``correct`` the
     clean-correct mask per defense; ``pixels`` the number of values per image (for the default
-    L2 large eps).
+    L2 large eps); ``suites`` each suite's outcome as (defense, suite label, eps, record with
+    the suite's ``attacked`` and cumulative ``robust``).
     """
     from arange.registry import ATTACKS
 
@@ -431,6 +455,7 @@ def plan_extra_jobs(s: Scenario,
                                  {"check": LARGE_EPS, "defense": d.model_dump(mode="json"),
                                   "attack": spec.model_dump(mode="json"), "samples": n},
                                  chance=chance))
+        plan += _plan_suite_reference(s, d, suites or [], n)
         autocast = s.evaluation.autocast != "none"
         base = pick_more_steps_attack(s) if cfg.more_steps.enabled or autocast else None
         if base is None:
@@ -442,15 +467,7 @@ def plan_extra_jobs(s: Scenario,
                       if dd.key == d.key and a.key == base.key]
         if not candidates:
             continue
-
-        def balance(item: tuple[float, dict[str, Any]]) -> int:
-            rec = item[1]
-            att = torch.tensor(rec["attacked"], dtype=torch.bool)
-            broken = int((att & ~torch.tensor(rec["robust"], dtype=torch.bool)).sum())
-            return min(broken, int(att.sum()) - broken)
-
-        # The eps where the attack broke about half of what it attacked says the most.
-        eps, rec = max(candidates, key=balance)
+        eps, rec = max(candidates, key=_balance)
         attacked = torch.tensor(rec["attacked"], dtype=torch.bool)
         mask = _first_n(attacked, n)
         if autocast:
@@ -474,6 +491,40 @@ def plan_extra_jobs(s: Scenario,
     return plan
 
 
+def _plan_suite_reference(s: Scenario, d: DefenseSpec,
+                          suites: list[tuple[DefenseSpec, str, float, dict[str, Any]]], n: int
+                          ) -> list[ExtraJob]:
+    """The reference AutoAttack on the first ``n`` samples the suite attacked, at the suite's
+    budgets and one of its eps (the configured one, else where it broke about half)."""
+    from arange.attacks.adapters.autoattack import version
+    from arange.attacks.suites import SUITES
+
+    from .scenario import suite_reference_entry
+
+    cfg = s.evaluation.checks.suite_reference
+    spec = suite_reference_entry(s)
+    if not cfg.enabled or spec is None:
+        return []
+    candidates = [(eps, rec) for dd, label, eps, rec in suites
+                  if dd.key == d.key and label == spec.key]
+    if cfg.eps is not None:
+        candidates = [(e, r) for e, r in candidates if math.isclose(e, cfg.eps, rel_tol=1e-9)]
+    if not candidates:
+        return []
+    eps, rec = max(candidates, key=_balance)
+    budgets = SUITES.create(str(spec.suite), **spec.params).params()
+    params = {k: budgets[k] for k in ("steps", "n_target_classes", "fab_steps", "n_queries")}
+    ref = AttackSpec(name="autoattack.reference", label=f"check-reference.{spec.key}",
+                     norm=spec.norm, eps=[eps], params=params)
+    return [ExtraJob(SUITE_REFERENCE, d, ref, eps,
+                     _first_n(torch.tensor(rec["attacked"], dtype=torch.bool), n),
+                     {"check": SUITE_REFERENCE, "defense": d.model_dump(mode="json"),
+                      "attack": ref.model_dump(mode="json"), "base": rec["key"], "samples": n,
+                      "pyautoattack": version()},
+                     base_robust=torch.tensor(rec["robust"], dtype=torch.bool),
+                     base_label=spec.key)]
+
+
 def evaluate_extra_jobs(s: Scenario, done: list[tuple[ExtraJob, dict[str, Any]]]
                         ) -> list[Check]:
     """Checks from the extra jobs' records; ``skip`` entries for disabled checks."""
@@ -489,10 +540,16 @@ def evaluate_extra_jobs(s: Scenario, done: list[tuple[ExtraJob, dict[str, Any]]]
         out.append(Check(name=MORE_STEPS, status="skip",
                          message="no iterative white-box attack with a steps or restarts "
                          "parameter to re-run"))
+    if not cfg.suite_reference.enabled and any(a.suite is not None for a in s.attacks):
+        out.append(Check(name=SUITE_REFERENCE, status="skip", message="off; arange run "
+                         "--suite-reference (or evaluation.checks.suite_reference: true) re-runs "
+                         "the suite's samples with the reference AutoAttack"))
     for ej, rec in done:
         robust = torch.tensor(rec["robust"], dtype=torch.bool)
         if ej.check == LARGE_EPS:
             out.append(check_large_eps(ej, robust))
+        elif ej.check == SUITE_REFERENCE:
+            out.append(check_suite_reference(ej, robust))
         elif ej.check == AUTOCAST:
             out.append(check_autocast(ej, robust))
         else:
@@ -527,6 +584,41 @@ def check_autocast(ej: ExtraJob, robust: torch.Tensor) -> Check:
                      "evaluation.autocast: none", details=details)
     return Check(name=name, status="pass", message=f"{msg}: within the 95% interval, bf16 "
                  "does not weaken the attack", details=details)
+
+
+def check_suite_reference(ej: ExtraJob, robust: torch.Tensor) -> Check:
+    """arange's suite must be at least as strong as the reference AutoAttack on the same
+    samples: it fails when the reference breaks significantly more of them (exact one-sided
+    McNemar on the samples only one of the two broke), and warns when it breaks more within the
+    noise."""
+    name = f"{SUITE_REFERENCE}{_suffix(ej.defense.key)}"
+    mask = ej.mask
+    assert ej.base_robust is not None
+    n = int(mask.sum())
+    if n == 0:
+        return Check(name=name, status="skip", message=f"{ej.base_label} left no sample to "
+                     "re-attack")
+    ours, ref = ej.base_robust[mask], robust[mask]
+    only_ref = int((ours & ~ref).sum())      # arange's suite left it robust, the reference broke
+    only_ours = int((ref & ~ours).sum())
+    p = mcnemar_exact_one_sided(only_ref, only_ours)
+    details = {"samples": n, "eps": ej.eps, "suite_robust_accuracy": int(ours.sum()) / n,
+               "reference_robust_accuracy": int(ref.sum()) / n, "only_reference": only_ref,
+               "only_suite": only_ours, "p_value": p, "params": ej.attack.params,
+               "pyautoattack": ej.key_material.get("pyautoattack"), "suite": ej.base_label}
+    msg = (f"{ej.base_label} at {format_eps(ej.eps)} on {n} samples: robust accuracy "
+           f"{int(ours.sum()) / n:.3f} vs {int(ref.sum()) / n:.3f} under the reference "
+           f"AutoAttack at the same budgets; {only_ref} broken only by the reference, "
+           f"{only_ours} only by arange")
+    if only_ref > only_ours and p < 0.05:
+        return Check(name=name, status="fail", message=f"{msg} (p={p:.2g}): the suite is "
+                     "weaker than the reference, so its robust accuracy overstates robustness",
+                     details=details)
+    if only_ref > only_ours:
+        return Check(name=name, status="warn", message=f"{msg}: the reference broke more, "
+                     f"within the noise (p={p:.2f})", details=details)
+    return Check(name=name, status="pass", message=f"{msg}: at least as strong as the "
+                 "reference", details=details)
 
 
 def check_large_eps(ej: ExtraJob, robust: torch.Tensor) -> Check:

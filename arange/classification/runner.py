@@ -680,7 +680,7 @@ def _run_extra_jobs(state: RunState, records: list[tuple[Job, dict[str, Any]]]
     data = p.data
     plan = plan_extra_jobs(s, [(j.defense, j.attack, j.eps, r) for j, r in records
                                if j.suite is None and j.adaptive is None], data.y, p.correct,
-                           int(data.x[0].numel()))
+                           int(data.x[0].numel()), _suite_outcomes(records))
     if plan:
         log.info("validity checks: %d extra job(s) on at most %d samples each", len(plan),
                  s.evaluation.checks.samples)
@@ -692,6 +692,20 @@ def _run_extra_jobs(state: RunState, records: list[tuple[Job, dict[str, Any]]]
         rec, reused = state.run_local(job, ej.mask)
         done.append((ej, rec, reused))
     return done
+
+
+def _suite_outcomes(records: list[tuple[Job, dict[str, Any]]]
+                    ) -> list[tuple[DefenseSpec, str, float, dict[str, Any]]]:
+    """Each suite run (not adaptive twins) as (defense, suite label, eps, record): what its first
+    component attacked, what its last left robust, and a key covering all its components."""
+    groups: dict[tuple[str, str, float], list[tuple[Job, dict[str, Any]]]] = {}
+    for job, rec in records:
+        if job.suite is not None and job.adaptive is None:
+            groups.setdefault((job.defense.key, job.suite, job.eps), []).append((job, rec))
+    return [(g[0][0].defense, suite, eps,
+             {"attacked": g[0][1]["attacked"], "robust": g[-1][1]["robust"],
+              "key": content_key({"suite": [r["key"] for _, r in g]})})
+            for (_, suite, eps), g in groups.items()]
 
 
 def _worst_case(records: list[tuple[Job, dict[str, Any]]], data: ImageDataset,

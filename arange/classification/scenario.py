@@ -5,6 +5,7 @@ validity checks and the gates; validated before any compute, with the errors of
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -179,6 +180,18 @@ class MoreStepsCheck(Strict):
     extra_restarts: int = Field(1, ge=0, le=100)
 
 
+class SuiteReferenceCheck(Strict):
+    """Re-run one suite entry with the reference AutoAttack (pyautoattack, the optional
+    ``arange[autoattack]`` extra) at the suite's budgets, on the first ``checks.samples`` samples
+    the suite attacked; fails when arange's suite breaks significantly fewer of them. Off by
+    default (the reference costs as much as the suite); ``arange run --suite-reference`` turns it
+    on."""
+
+    enabled: bool = False
+    suite: str | None = None  # a suite entry's label; default: the first suite entry
+    eps: OptionalNumber = None  # default: the suite's eps where it broke about half
+
+
 def _enabled_shorthand(v: Any) -> Any:
     return {"enabled": v} if isinstance(v, bool) else v
 
@@ -189,10 +202,11 @@ class ChecksConfig(Strict):
     samples: int = Field(128, ge=8, le=1_000_000)
     large_eps: LargeEpsCheck = Field(default_factory=LargeEpsCheck)
     more_steps: MoreStepsCheck = Field(default_factory=MoreStepsCheck)
+    suite_reference: SuiteReferenceCheck = Field(default_factory=SuiteReferenceCheck)
     # ONNX targets: the least agreement between the attacked twin and the deployed runtime
     deployed_agreement: float = Field(0.99, ge=0, le=1)
 
-    @field_validator("large_eps", "more_steps", mode="before")
+    @field_validator("large_eps", "more_steps", "suite_reference", mode="before")
     @classmethod
     def _shorthand(cls, v: Any) -> Any:
         return _enabled_shorthand(v)
@@ -368,6 +382,43 @@ def _validate_checks(s: Scenario, source: str) -> None:
             raise fail(source, "evaluation.checks.more_steps.attack",
                         f"{spec.name} has no iteration or restart parameter to increase; name "
                         "an iterative attack such as pgd or apgd")
+    _validate_suite_reference(s, source)
+
+
+def _validate_suite_reference(s: Scenario, source: str) -> None:
+    ref = s.evaluation.checks.suite_reference
+    if not ref.enabled:
+        return
+    path = "evaluation.checks.suite_reference"
+    suites = [a for a in s.attacks if a.suite is not None]
+    if not suites:
+        raise fail(source, path, "the scenario has no suite entry to check; add one to "
+                   "attacks (- suite: standard) or turn the check off")
+    if ref.suite is not None:
+        keys = [a.key for a in suites]
+        if ref.suite not in keys:
+            raise fail(source, f"{path}.suite", f"no suite entry {ref.suite!r}"
+                       f"{suggest(ref.suite, keys)} (suite entries: {', '.join(keys)})")
+    spec = suite_reference_entry(s)
+    assert spec is not None
+    if spec.suite != "standard":
+        raise fail(source, f"{path}.suite", f"the reference is AutoAttack's standard version; "
+                   f"suite {spec.suite!r} has no reference to compare with")
+    if ref.eps is not None and not any(math.isclose(ref.eps, e, rel_tol=1e-9)
+                                       for e in spec.eps):
+        raise fail(source, f"{path}.eps", f"{ref.eps:g} is not one of the suite's eps "
+                   f"({', '.join(format(e, 'g') for e in spec.eps)})")
+    from arange.attacks.adapters.autoattack import installed
+    if not installed():
+        raise fail(source, path, "needs the reference AutoAttack, which is not installed: "
+                   'pip install "arange[autoattack]" (or turn the check off)')
+
+
+def suite_reference_entry(s: Scenario) -> AttackSpec | None:
+    """The suite entry that the suite-reference check re-runs."""
+    ref = s.evaluation.checks.suite_reference
+    return next((a for a in s.attacks if a.suite is not None
+                 and (ref.suite is None or a.key == ref.suite)), None)
 
 
 def _validate_gates(s: Scenario, source: str) -> None:

@@ -1,10 +1,11 @@
-"""Adapters: ART and foolbox attacks under registry names (``art.apgd``, ``foolbox.fmn``, ...).
+"""Adapters: ART, foolbox and reference AutoAttack attacks under registry names (``art.apgd``,
+``foolbox.fmn``, ``autoattack.reference``, ...).
 
 A scenario names them like native attacks; the runner enforces their budget and scores them the
 same way. The libraries are imported only when an adapter is validated or run.
 """
 
-from . import art, foolbox
+from . import art, autoattack, foolbox
 from .base import LibraryAdapter, QueryCounter
 
-__all__ = ["LibraryAdapter", "QueryCounter", "art", "foolbox"]
+__all__ = ["LibraryAdapter", "QueryCounter", "art", "autoattack", "foolbox"]
