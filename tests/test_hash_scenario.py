@@ -28,7 +28,7 @@ attacks:
 BROKEN = [
     ("unknown_hash", ("hash: phash", "hash: phsh"),
      ("{file}: target.hash: unknown hash 'phsh'; did you mean 'phash' or 'whash'? (available: "
-     "average_hash, colorhash, dhash, pdq, phash, whash)")),
+     "average_hash, colorhash, dhash, learned, neuralhash, pdq, phash, whash)")),
     ("threshold_range", ("thresholds: [10]", "thresholds: [10, 64]"),
      "{file}: target.thresholds[1]: must be in [0, 63] for phash (64 bits) (got 64)"),
     ("unknown_field", ("  dataset: {name: embedded}", "  dataset: {name: embedded}\n  treshold: 3"),
@@ -36,7 +36,8 @@ BROKEN = [
      "hash, hash_params, thresholds, dataset, samples, batch_size)")),
     ("whitebox_colorhash", ("hash: phash", "hash: colorhash"),
      ("{file}: attacks[0].name: pgd is white-box and needs a differentiable surrogate, which "
-     "colorhash does not have (surrogates: average_hash, dhash, pdq, phash); use the black-box "
+     "colorhash does not have (surrogates: average_hash, dhash, learned, neuralhash, pdq, "
+     "phash); use the black-box "
      "attack nes")),
     ("nes_param", ("    eps: 32/255", "    eps: 32/255\n    params: {max_querys: 100}"),
      ("{file}: attacks[0].params.max_querys: attack 'nes' has no parameter 'max_querys'; "

@@ -214,14 +214,15 @@ def check_gates(scenario: Any, source: str) -> None:
         raise ScenarioError(str(e)) from e
 
 
-def relative_root(options: dict[str, Any], base_dir: Path | None) -> dict[str, Any] | None:
+def relative_root(options: dict[str, Any], base_dir: Path | None,
+                  keys: tuple[str, ...] = ("root", "path")) -> dict[str, Any] | None:
     """Dataset ``options`` whose relative ``root`` (a folder) or ``path`` (a file, such as a
-    manifest) is made relative to the scenario file's folder ``base_dir``; None when there is
-    nothing to change."""
+    manifest), or whichever ``keys`` are given, are made relative to the scenario file's folder
+    ``base_dir``; None when there is nothing to change."""
     if base_dir is None:
         return None
     changed = dict(options)
-    for key in ("root", "path"):
+    for key in keys:
         value = options.get(key)
         if isinstance(value, str) and not Path(value).expanduser().is_absolute():
             changed[key] = str((base_dir / value).resolve())

@@ -19,7 +19,7 @@ The runner, not the attack, decides what counts (see :mod:`arange.hashing.runner
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -61,6 +61,43 @@ class SurrogateWithExact(nn.Module):
         with torch.no_grad():
             bits = self.exact(x.detach())
         return soft, bits
+
+
+class LearnedWithExact(nn.Module):
+    """White-box view of a learned hash: (soft margins through the twin, exact bits by
+    onnxruntime on the 8-bit image)."""
+
+    def __init__(self, name: str, params: dict[str, Any]):
+        super().__init__()
+        from .learned import LearnedExact, LearnedSurrogate, hash_for
+        h = hash_for(name, params)
+        self.surrogate = LearnedSurrogate(h)
+        self.exact = LearnedExact(h)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        soft = self.surrogate(x)
+        with torch.no_grad():
+            bits = self.exact(x.detach())
+        return soft, bits
+
+
+def exact_oracle(name: str, params: dict[str, Any]) -> nn.Module | None:
+    """The exact fast path of hash ``name`` as a module (images -> float bits), or None when it
+    has none (the reference library is queried instead)."""
+    from .reference import HASHES
+    spec = HASHES.get(name)
+    if spec.learned:
+        from .learned import LearnedExact, hash_for
+        return LearnedExact(hash_for(name, params))
+    return ExactHash(name, int(params.get("hash_size", 8))) if spec.fast else None
+
+
+def white_box_view(name: str, params: dict[str, Any]) -> nn.Module:
+    """(soft margins, exact bits) for the white-box attacks."""
+    from .reference import HASHES
+    if HASHES.get(name).learned:
+        return LearnedWithExact(name, params)
+    return SurrogateWithExact(name, int(params.get("hash_size", 8)))
 
 
 # ---------------------------------------------------------------------------- objectives

@@ -57,21 +57,47 @@ def _lanczos(x: float) -> float:
     return 0.0
 
 
+def _bicubic(x: float) -> float:
+    a = -0.5  # Pillow's bicubic
+    x = abs(x)
+    if x < 1.0:
+        return ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+    if x < 2.0:
+        return (((x - 5.0) * x + 8.0) * x - 4.0) * a
+    return 0.0
+
+
+def _bilinear(x: float) -> float:
+    x = abs(x)
+    return 1.0 - x if x < 1.0 else 0.0
+
+
+# Pillow's resampling filters: name -> (filter, support)
+FILTERS = {"lanczos": (_lanczos, 3.0), "bicubic": (_bicubic, 2.0), "bilinear": (_bilinear, 1.0)}
+
+
 @lru_cache(maxsize=64)
 def lanczos_weights(in_size: int, out_size: int) -> np.ndarray:
-    """Pillow's LANCZOS resampling weights for one axis as an ``(out_size, in_size)`` matrix of
-    the fixed-point integers Pillow uses (scaled by 2**22), following ``precompute_coeffs`` and
-    ``normalize_coeffs_8bpc`` in Pillow's Resample.c."""
+    """Pillow's LANCZOS weights for one axis (:func:`resample_weights`)."""
+    return resample_weights(in_size, out_size, "lanczos")
+
+
+@lru_cache(maxsize=64)
+def resample_weights(in_size: int, out_size: int, name: str) -> np.ndarray:
+    """Pillow's resampling weights (``name`` in :data:`FILTERS`) for one axis as an
+    ``(out_size, in_size)`` matrix of the fixed-point integers Pillow uses (scaled by 2**22),
+    following ``precompute_coeffs`` and ``normalize_coeffs_8bpc`` in Pillow's Resample.c."""
+    fn, base_support = FILTERS[name]
     scale = in_size / out_size
     filterscale = max(scale, 1.0)
-    support = 3.0 * filterscale
+    support = base_support * filterscale
     out = np.zeros((out_size, in_size), dtype=np.int64)
     for xx in range(out_size):
         center = (xx + 0.5) * scale
         ss = 1.0 / filterscale
         xmin = max(int(center - support + 0.5), 0)
         xmax = min(int(center + support + 0.5), in_size) - xmin
-        w = [_lanczos((x + xmin - center + 0.5) * ss) for x in range(xmax)]
+        w = [fn((x + xmin - center + 0.5) * ss) for x in range(xmax)]
         ww = 0.0
         for v in w:
             ww += v

