@@ -72,14 +72,25 @@ def tradeoff_rows(card: dict[str, Any] | HashScorecard) -> list[dict[str, Any]]:
 
 
 def fpr_rows(card: dict[str, Any] | HashScorecard) -> list[dict[str, Any]]:
-    """The matcher's false-positive rate at each of its thresholds, with the pairs behind it."""
+    """The matcher's false-positive rate at each of its thresholds, with the pairs behind it:
+    on the database's pairs, and on the benign corpus (evaluation.corpus) when there is one."""
     c = typed(card)
-    curve = next((f for f in c.fpr if f.hash == c.matcher.hash), None)
-    if curve is None:
-        return []
-    return [{"threshold": p.threshold, "fpr": p.fpr, "ci_lo": p.fpr_ci[0], "ci_hi": p.fpr_ci[1],
-             "false_positives": p.false_positives, "pairs": curve.n_pairs}
-            for p in curve.points if p.threshold in c.matcher.thresholds]
+    curves: list[tuple[str, Any]] = [(f"database ({f.n_images} images)", f) for f in c.fpr
+                                     if f.hash == c.matcher.hash][:1]
+    if c.corpus is not None:
+        how = "every pair" if c.corpus.exhaustive else "sampled pairs"
+        curves.append((f"corpus ({c.corpus.n_images:,} images, {how})", c.corpus))
+    return [{"pairs of": name, "threshold": p.threshold, "fpr": p.fpr, "ci_lo": p.fpr_ci[0],
+             "ci_hi": p.fpr_ci[1], "false_positives": p.false_positives,
+             "pairs": curve.n_pairs}
+            for name, curve in curves for p in curve.points
+            if p.threshold in c.matcher.thresholds]
+
+
+def agreement_rows(card: dict[str, Any] | HashScorecard) -> list[dict[str, Any]]:
+    """How often each fast path (and a learned hash's twin) gave the reference bits."""
+    return [{"hash": a.hash, "path": a.path, "images exact": f"{a.exact}/{a.n}",
+             "bits agreeing": a.bit_agreement} for a in typed(card).agreement]
 
 
 def hash_headline(card: dict[str, Any] | HashScorecard) -> dict[str, Any]:
@@ -167,6 +178,8 @@ def render(run: Run) -> None:
                                            y_title="success rate",
                                            tooltip=["series", "threshold", "fpr", "rate"]),
                         width="stretch")
+    st.markdown("#### Fast paths against the reference")
+    show_table(agreement_rows(c))
 
 
 def render_examples(run: Run, job_id: str) -> None:

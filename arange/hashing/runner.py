@@ -23,6 +23,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -59,6 +60,7 @@ from .reference import (
 from .scenario import HashAttackSpec, HashScenario
 from .scorecard import (
     Agreement,
+    CorpusFpr,
     Detection,
     FprCurve,
     FprPoint,
@@ -176,6 +178,79 @@ class Context:
     transfer_db: dict[str, np.ndarray]   # hash -> reference bits of the database
     device: torch.device
     fingerprint: str
+    corpus: list[Path] | None = None     # evaluation.corpus: its image files, sorted
+    corpus_fingerprint: str = ""
+
+
+@dataclass(frozen=True)
+class CorpusShard:
+    """Hash files ``start:stop`` of the corpus (evaluation.corpus)."""
+
+    index: int
+    start: int
+    stop: int
+    key: str
+
+    @property
+    def units(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def job_id(self) -> str:
+        return f"corpus__{self.index:05d}"
+
+
+def corpus_shards(s: HashScenario, ctx: Context) -> list[CorpusShard]:
+    c = s.evaluation.corpus
+    if c is None or ctx.corpus is None:
+        return []
+    base = {"arange": __version__, "format": JOB_FORMAT, "corpus": ctx.corpus_fingerprint,
+            "hash": s.target.hash, "hash_params": ctx.params, "shard_size": c.shard_size}
+    n = len(ctx.corpus)
+    return [CorpusShard(i, a, min(a + c.shard_size, n), content_key({**base, "start": a}))
+            for i, a in enumerate(range(0, n, c.shard_size))]
+
+
+def run_shard(shard: CorpusShard, ctx: Context) -> dict[str, Any]:
+    """Reference bits of one shard of the corpus, packed, as a file for the driver to write."""
+    from .corpus import hash_files
+
+    assert ctx.corpus is not None and ctx.s.evaluation.corpus is not None
+    root = Path(ctx.s.evaluation.corpus.root)
+    files = ctx.corpus[shard.start:shard.stop]
+    t0 = time.perf_counter()
+    packed, bad = hash_files(ctx.s.target.hash, ctx.params, files)
+    buf = io.BytesIO()
+    np.save(buf, packed, allow_pickle=False)
+    rel = f"corpus/{shard.index:05d}.npy"
+    return {"format": JOB_FORMAT, "key": shard.key, "job_id": shard.job_id, "kind": "corpus",
+            "n": len(files), "hashed": int(packed.shape[0]),
+            "unreadable": [str(files[i].relative_to(root)) for i in bad],
+            "seconds": time.perf_counter() - t0, "packed": rel, FILES: {rel: buf.getvalue()}}
+
+
+def corpus_fpr(ctx: Context, records: list[tuple[Any, dict[str, Any]]], out: Path
+               ) -> CorpusFpr | None:
+    """The corpus curve from the shards' packed bits (read back from the run folder)."""
+    from .corpus import count_pairs
+
+    c = ctx.s.evaluation.corpus
+    shards = sorted(((j, r) for j, r in records if isinstance(j, CorpusShard)),
+                    key=lambda jr: jr[0].index)
+    if c is None or not shards:
+        return None
+    packed = np.concatenate([np.load(out / r["packed"], allow_pickle=False)
+                             for _, r in shards])
+    nbits = HASHES.get(ctx.s.target.hash).bits(ctx.params)
+    unreadable = [f for _, r in shards for f in r["unreadable"]]
+    hist, exhaustive, seconds = count_pairs(packed, nbits, c.pairs, ctx.s.seed)
+    hashing = sum(float(r["seconds"]) for _, r in shards)
+    return CorpusFpr(hash=ctx.s.target.hash, n_images=int(packed.shape[0]),
+                     root=c.root, fingerprint=ctx.corpus_fingerprint,
+                     n_files=len(ctx.corpus or []), unreadable=len(unreadable),
+                     unreadable_files=unreadable[:20], exhaustive=exhaustive,
+                     seconds={"hashing": round(hashing, 3), "counting": round(seconds, 3)},
+                     **_fpr_points(hist))
 
 
 def _success_mask(goal: str, bits: np.ndarray, db: np.ndarray, rows: np.ndarray,
@@ -288,17 +363,24 @@ def _rate(k: int, n: int) -> tuple[float, tuple[float, float]]:
 
 
 def fpr_curve(name: str, bits: np.ndarray) -> FprCurve:
-    d = pairwise_distances(bits)
     nb = bits.shape[1]
-    counts = np.bincount(d, minlength=nb + 1)
-    cum = np.cumsum(counts)
+    hist = np.bincount(pairwise_distances(bits), minlength=nb + 1)
+    return FprCurve(hash=name, n_images=int(bits.shape[0]), **_fpr_points(hist))
+
+
+def _fpr_points(hist: np.ndarray) -> dict[str, Any]:
+    """FprCurve fields from a histogram of pair distances 0..bits."""
+    nb = len(hist) - 1
+    total = int(hist.sum())
+    cum = np.cumsum(hist)
     points = []
     for t in range(nb + 1):
         k = int(cum[t])
-        r, ci = _rate(k, int(d.size))
+        r, ci = _rate(k, total)
         points.append(FprPoint(threshold=t, false_positives=k, fpr=r, fpr_ci=ci))
-    return FprCurve(hash=name, bits=nb, n_images=int(bits.shape[0]), n_pairs=int(d.size),
-                    min_distance=int(d.min()) if d.size else nb, points=points)
+    nz = np.nonzero(hist)[0]
+    return {"bits": nb, "n_pairs": total, "min_distance": int(nz[0]) if nz.size else nb,
+            "points": points}
 
 
 def _budgets(s: HashScenario, max_q: int) -> list[int]:
@@ -452,6 +534,19 @@ def _checks(ctx: Context, detection: list[Detection], agreement: list[Agreement]
     return checks
 
 
+def _corpus_check(c: CorpusFpr, thresholds: list[int]) -> Check:
+    how = "all" if c.exhaustive else "a uniform sample of"
+    rates = ", ".join(f"{c.points[t].fpr:.3g} at {t}" for t in thresholds)
+    msg = (f"{how} {c.n_pairs:,} pairs of {c.n_images:,} benign images in {c.root}: "
+           f"false-positive rate {rates}")
+    details = {"n_pairs": c.n_pairs, "exhaustive": c.exhaustive, "unreadable": c.unreadable}
+    if c.unreadable:
+        return Check(name="corpus", status="warn", message=f"{msg}; {c.unreadable} file(s) "
+                     f"could not be read and are left out (first: {c.unreadable_files[0]})",
+                     details=details)
+    return Check(name="corpus", status="pass", message=msg, details=details)
+
+
 def _monotonic(rows: list[HashResultRow], axis: str, what: str) -> Check:
     """Success should not fall when the goal gets easier: a larger eps, or a threshold that is
     smaller (evasion) or larger (collision)."""
@@ -499,8 +594,13 @@ def prepare(s: HashScenario, dev: torch.device, progress: bool = False) -> Conte
     transfer.setdefault(t.hash, t.thresholds[0])
     transfer_db = {h: (db if h == t.hash else reference_bits_batch(h, data.images, {}))
                    for h in transfer}
-    return Context(s, data, data.tensor(dev), params, db, transfer, transfer_db, dev,
-                   data.fingerprint())
+    ctx = Context(s, data, data.tensor(dev), params, db, transfer, transfer_db, dev,
+                  data.fingerprint())
+    if s.evaluation.corpus is not None:
+        from .corpus import corpus_files, corpus_fingerprint
+        ctx.corpus = corpus_files(s.evaluation.corpus.root)
+        ctx.corpus_fingerprint = corpus_fingerprint(s.evaluation.corpus.root, ctx.corpus)
+    return ctx
 
 
 def worker_prepare(s: HashScenario, dev: torch.device, identity: dict[str, Any],
@@ -512,19 +612,29 @@ def worker_prepare(s: HashScenario, dev: torch.device, identity: dict[str, Any],
     if content_key({"db": ctx.db.tolist()}) != identity["database"]:
         raise ArangeError(f"{where}: the reference library hashes the database differently "
                           "from the driver's (same imagehash/pdqhash versions on every node?)")
+    if ctx.corpus_fingerprint != identity.get("corpus", ""):
+        raise ArangeError(f"{where}: the corpus folder differs from the driver's; give a path "
+                          "every node can read, with the same files")
     return ctx
 
 
 def identity(ctx: Context) -> dict[str, Any]:
-    return {"data_fingerprint": ctx.fingerprint, "database": content_key({"db": ctx.db.tolist()})}
+    return {"data_fingerprint": ctx.fingerprint, "database": content_key({"db": ctx.db.tolist()}),
+            "corpus": ctx.corpus_fingerprint}
 
 
 def plan(s: HashScenario, ctx: Context) -> list[Chain]:
-    return [Chain([j]) for j in expand_jobs(s, ctx.fingerprint, len(ctx.data))]
+    jobs: list[Any] = [*expand_jobs(s, ctx.fingerprint, len(ctx.data)), *corpus_shards(s, ctx)]
+    return [Chain([j]) for j in jobs]
 
 
-def run_planned_job(ctx: Context, job: HashJob, mask: Any, progress: Progress | None
-                    ) -> dict[str, Any]:
+def run_planned_job(ctx: Context, job: HashJob | CorpusShard, mask: Any,
+                    progress: Progress | None) -> dict[str, Any]:
+    if isinstance(job, CorpusShard):
+        rec = run_shard(job, ctx)
+        if progress is not None:
+            progress.update(job.units)
+        return rec
     return run_job(job, ctx, progress)
 
 
@@ -601,7 +711,8 @@ def build_scorecard(state: RunState) -> HashScorecard:
     curves = [fpr_curve(t.hash, db)] + [fpr_curve(h, ctx.transfer_db[h]) for h in ctx.transfer
                                         if h != t.hash]
     fpr = curves[0]
-    records = state.records
+    corpus = corpus_fpr(ctx, state.records, out_dir)
+    records = [(j, r) for j, r in state.records if not isinstance(j, CorpusShard)]
     rows = [_result_row(j, r, s, fpr) for j, r in records]
     transfer_rows = [_transfer_row(j, r, ctx) for j, r in records]
     sweep = []
@@ -612,6 +723,8 @@ def build_scorecard(state: RunState) -> HashScorecard:
                               success={f"{r.attack}@{r.eps_label}": r.rate for r in rows
                                        if r.threshold == d.threshold}))
     checks = _checks(ctx, detection, agreement, rows)
+    if corpus is not None:
+        checks.append(_corpus_check(corpus, list(t.thresholds)))
 
     samples = {"schema_version": 1, "n": n, "ids": data.ids,
                "originals": [f"images/original/{i:04d}.png" for i in range(n)],
@@ -630,7 +743,7 @@ def build_scorecard(state: RunState) -> HashScorecard:
                       reference=spec.describe(params), fast_path=spec.fast)
     return HashScorecard(name=s.name, provenance=prov, matcher=matcher, agreement=agreement,
                          detection=detection, fpr=curves, results=rows,
-                         transfer=transfer_rows, sweep=sweep, checks=checks,
+                         transfer=transfer_rows, sweep=sweep, checks=checks, corpus=corpus,
                          files={"samples": "samples.json", "images": "images",
                                 "originals": "images/original"})
 
@@ -665,5 +778,16 @@ def format_hash_summary(card: HashScorecard) -> str:
                      f"{r.eps_label:>7} {r.rate:>8.3f} {f'{lo:.3f}-{hi:.3f}':>13} {q:>7} "
                      f"{(f'{ssim:.3f}' if ssim is not None else '-'):>6} "
                      f"{(f'{psnr:.1f}' if psnr is not None else '-'):>6} {r.seconds:>6.1f}")
+    c = card.corpus
+    if c is not None:
+        rate = c.n_pairs / max(c.seconds["counting"], 1e-9)
+        lines += ["", (f"corpus {c.root}: {c.n_images:,} images, "
+                       f"{'all' if c.exhaustive else 'a sample of'} {c.n_pairs:,} pairs "
+                       f"(hashing {c.seconds['hashing']:.1f}s, counting "
+                       f"{c.seconds['counting']:.1f}s, {rate:,.0f} pairs/s)")]
+        for t in m.thresholds:
+            pt = c.points[t]
+            lines.append(f"  threshold {t:>3}: FPR {pt.fpr:.3g} ({pt.false_positives:,} pairs; "
+                         f"95% CI {pt.fpr_ci[0]:.3g}-{pt.fpr_ci[1]:.3g})")
     lines += format_checks(card.checks)
     return "\n".join(lines)

@@ -47,8 +47,10 @@ from arange.errors import ArangeError, ParamError, RegistryError
 
 TASK = "hash_matching"
 # Metrics a hash gate may name (validated here; evaluated by ``arange gate``).
-HASH_METRICS = ("evasion_rate", "collision_rate", "clean_detection_rate", "false_positive_rate")
-UNATTACKED_METRICS = ("clean_detection_rate", "false_positive_rate")  # no attack, no eps
+HASH_METRICS = ("evasion_rate", "collision_rate", "clean_detection_rate", "false_positive_rate",
+                "corpus_false_positive_rate")
+UNATTACKED_METRICS = ("clean_detection_rate", "false_positive_rate",
+                      "corpus_false_positive_rate")  # no attack, no eps
 
 
 class HashDataset(Strict):
@@ -88,6 +90,15 @@ class HashAttackSpec(AttackSpecBase):
         return self.label or (self.name if self.goal == "evasion" else f"{self.name}-collision")
 
 
+class CorpusConfig(Strict):
+    """False-positive rates over the pairs of a folder of benign images (see
+    :mod:`arange.hashing.corpus`)."""
+
+    root: str                                        # relative to the scenario file
+    pairs: int | None = Field(None, ge=1)            # default every pair; N: a uniform sample
+    shard_size: int = Field(2048, ge=1, le=1_000_000)  # files hashed per job
+
+
 class HashEvaluation(Strict):
     # hashes (and their thresholds) every evading image is also checked against; default: all
     # registered hashes at their common thresholds
@@ -95,6 +106,7 @@ class HashEvaluation(Strict):
     # query budgets at which the black-box evasion rate is reported (default: a few fractions
     # of each attack's max_queries)
     query_budgets: list[int] | None = None
+    corpus: CorpusConfig | None = None
 
     @field_validator("query_budgets")
     @classmethod
@@ -127,18 +139,29 @@ class HashScenario(ScenarioBase):
 
 def load_hash_scenario(raw: dict[str, Any], source: str, base_dir: Path | None) -> HashScenario:
     """Validate a ``task: hash_matching`` mapping (the :class:`arange.core.task.Task` loader)."""
-    return load_task_scenario(HashScenario, _learned_paths(raw, base_dir), source, base_dir,
+    return load_task_scenario(HashScenario, _resolve_paths(raw, base_dir), source, base_dir,
                               validate_hash_scenario)
 
 
-def _learned_paths(raw: Any, base_dir: Path | None) -> Any:
-    """``hash: learned``: its model and projection files relative to the scenario file."""
-    target = raw.get("target") if isinstance(raw, dict) else None
-    params = target.get("hash_params") if isinstance(target, dict) else None
-    if target is None or target.get("hash") != "learned" or not isinstance(params, dict):
+def _resolve_paths(raw: Any, base_dir: Path | None) -> Any:
+    """Files the scenario names relative to itself: a learned hash's model and projection, the
+    corpus folder."""
+    if not isinstance(raw, dict):
         return raw
-    fixed = relative_root(params, base_dir, ("model", "projection"))
-    return raw if fixed is None else {**raw, "target": {**target, "hash_params": fixed}}
+    target = raw.get("target")
+    params = target.get("hash_params") if isinstance(target, dict) else None
+    if isinstance(target, dict) and target.get("hash") == "learned" and \
+            isinstance(params, dict):
+        fixed = relative_root(params, base_dir, ("model", "projection"))
+        if fixed is not None:
+            raw = {**raw, "target": {**target, "hash_params": fixed}}
+    ev = raw.get("evaluation")
+    corpus = ev.get("corpus") if isinstance(ev, dict) else None
+    if isinstance(corpus, dict):
+        fixed = relative_root(corpus, base_dir, ("root",))
+        if fixed is not None:
+            raw = {**raw, "evaluation": {**ev, "corpus": fixed}}
+    return raw
 
 
 def validate_hash_scenario(s: HashScenario, source: str = "<scenario>") -> None:
@@ -209,6 +232,11 @@ def validate_hash_scenario(s: HashScenario, source: str = "<scenario>") -> None:
                 raise fail(source, f"evaluation.transfer.{h}", f"threshold must be an integer "
                             f"in [0, {nb - 1}] (got {thr!r})")
 
+    corpus = s.evaluation.corpus
+    if corpus is not None and not Path(corpus.root).expanduser().is_dir():
+        raise fail(source, "evaluation.corpus.root", f"folder {corpus.root} does not exist; give "
+                   "a folder of benign images relative to the scenario file")
+
     keys = [a.key for a in s.attacks]
     goals = {a.key: a.goal for a in s.attacks}
     for i, g in enumerate(s.gates):
@@ -229,6 +257,9 @@ def validate_hash_scenario(s: HashScenario, source: str = "<scenario>") -> None:
                 raise fail(source, f"{path}.metric", f"no {goal} attack in this scenario "
                             f"(attacks: {', '.join(f'{k} ({v})' for k, v in goals.items())})")
         check_rule_eps(g.eps, s.attacks, source, f"{path}.eps")
+        if g.metric == "corpus_false_positive_rate" and corpus is None:
+            raise fail(source, f"{path}.metric", "needs evaluation.corpus (a folder of benign "
+                       "images whose pairs are counted)")
         if g.threshold is not None and g.threshold not in t.thresholds:
             raise fail(source, f"{path}.threshold", f"not one of target.thresholds "
                         f"({', '.join(map(str, t.thresholds))}) (got {g.threshold})")

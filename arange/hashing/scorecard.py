@@ -89,6 +89,20 @@ class FprCurve(Model):
     points: list[FprPoint]
 
 
+class CorpusFpr(FprCurve):
+    """False matches among the pairs of a folder of benign images: every pair (``exhaustive``)
+    or a uniform sample of ``n_pairs``; hashed by the reference library from the files as they
+    are."""
+
+    root: str
+    fingerprint: str
+    n_files: int
+    unreadable: int
+    unreadable_files: list[str] = Field(default_factory=list)  # the first 20
+    exhaustive: bool
+    seconds: dict[str, float]  # hashing (summed over the shards), counting (on the driver)
+
+
 class QueryPoint(Model):
     queries: int
     successes: int
@@ -181,6 +195,7 @@ class HashScorecard(ScorecardBase):
     transfer: list[TransferRow]
     sweep: list[SweepRow]
     checks: list[Check]
+    corpus: CorpusFpr | None = None
     files: dict[str, str] = Field(default_factory=dict)
 
     def row(self, attack: str, eps: float, threshold: int) -> HashResultRow:

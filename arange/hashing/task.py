@@ -42,6 +42,18 @@ def _fpr_rows(card: Mapping[str, Any]) -> list[dict[str, Any]]:
             for t in matcher["thresholds"]]
 
 
+def _corpus_rows(card: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The corpus's false-positive rate at each of the matcher's thresholds; ``n``: the pairs
+    counted (all, or the stated sample)."""
+    corpus = card.get("corpus")
+    if not corpus:
+        return []
+    points = {p["threshold"]: p for p in corpus["points"]}
+    return [{"hash": corpus["hash"], "threshold": t, "fpr": points[t]["fpr"],
+             "false_positives": points[t]["false_positives"], "n": corpus["n_pairs"]}
+            for t in card["matcher"]["thresholds"]]
+
+
 def _verified(row: Mapping[str, Any], card: Mapping[str, Any], samples: Mapping[str, Any]
               ) -> list[bool | None]:
     """Per image: the attack's success as the reference library verified it."""
@@ -72,6 +84,11 @@ def _register_gate_metrics() -> None:
                key_fields=("threshold",), selectors=("threshold",), rows=_fpr_rows,
                description="pairs of distinct benign images that match (pairs share images, "
                "so the interval is optimistic)"),
+        Metric("corpus_false_positive_rate", table="corpus", field="fpr",
+               higher_is_better=False, key_fields=("threshold",), selectors=("threshold",),
+               rows=_corpus_rows,
+               description="pairs of the benign corpus (evaluation.corpus) that match: every "
+               "pair, or the stated sample"),
     ])
 
 
