@@ -356,20 +356,40 @@ def _resize_size(name: str, hash_size: int) -> tuple[int, int]:
     return hash_size, hash_size
 
 
-def _imagehash_bits(name: str, p: torch.Tensor, hash_size: int) -> torch.Tensor:
-    """Bits of an imagehash hash from its resized grey levels (N, height, width)."""
+# Ties: a coefficient this close to the median (relative to the image's largest coefficient)
+# may land on either side in the reference's own floating point (scipy's FFT for pHash, float32
+# running sums for PDQ), so such images are hashed by the reference library instead. Natural
+# images almost never come this close; flat images, gradients, checkerboards, upscaled tiny
+# crops and other symmetric images do, where coefficients are equal in exact arithmetic.
+TIE_TOLERANCE = {"phash": 1e-9, "pdq": 1e-5}
+
+
+def _ambiguous(values: torch.Tensor, med: torch.Tensor, rel: float, member: bool
+               ) -> torch.Tensor:
+    """Rows with a value within ``rel`` x the row's largest magnitude of the median ``med``
+    (N, 1); ``member``: the median is one of the values (which is then not counted)."""
+    scale = values.abs().amax(dim=1, keepdim=True).clamp_min(1.0)
+    near = ((values - med).abs() <= rel * scale).sum(dim=1)
+    return near > (1 if member else 0)  # type: ignore[no-any-return]
+
+
+def _imagehash_bits(name: str, p: torch.Tensor, hash_size: int
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Bits of an imagehash hash from its resized grey levels (N, height, width), and for pHash
+    the rows whose DCT ties with the median (see :data:`TIE_TOLERANCE`)."""
     n = p.shape[0]
     if name == "average_hash":
         p = p.reshape(n, -1)
-        return p > p.mean(dim=1, keepdim=True)
+        return p > p.mean(dim=1, keepdim=True), None
     if name == "dhash":
-        return (p[:, :, 1:] > p[:, :, :-1]).reshape(n, -1)
+        return (p[:, :, 1:] > p[:, :, :-1]).reshape(n, -1), None
     size = hash_size * 4
     c = torch.as_tensor(_scipy_dct2_matrix(size, hash_size), device=p.device)
     r = p.permute(1, 2, 0).to(c.dtype)  # [y, x, n]: the torch resize's own layout, no copy
     t = (c @ r.reshape(size, size * n)).view(hash_size, size, n)  # DCT over y: [k, x, n]
     low = torch.matmul(c, t).permute(2, 0, 1).reshape(n, -1)      # over x: [n, k, l]
-    return low > _median_even(low).unsqueeze(1)
+    med = _median_even(low).unsqueeze(1)
+    return low > med, _ambiguous(low, med, TIE_TOLERANCE["phash"], member=False)
 
 
 # Images per chunk are chosen so a chunk's float32 levels stay near this size: the full-size
@@ -388,7 +408,7 @@ def _check(name: str, x: torch.Tensor) -> None:
 
 
 def _hashes(names: tuple[str, ...], x: torch.Tensor, hash_size: int, step: int,
-            levels: bool) -> dict[str, torch.Tensor]:
+            levels: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The exact pipeline. Per chunk of ``step`` images: 8-bit levels (float32), then for the
     imagehash hashes Pillow's grey and one matrix product for the horizontal passes of every
     size asked for, and for PDQ its first (column) matrix product; the rest on the batch."""
@@ -442,13 +462,20 @@ def _hashes(names: tuple[str, ...], x: torch.Tensor, hash_size: int, step: int,
                 gt = gm.reshape(m * h, w).double().T
             torch.mm(wts, gt, out=hsum[:, i * h:(i + m) * h])
     out: dict[str, torch.Tensor] = {}
+    ties: dict[str, torch.Tensor] = {}
+
+    def keep(name: str, found: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+        out[name] = found[0]
+        if found[1] is not None:
+            ties[name] = found[1]
+
     if hsum is not None:
         passes = dict(zip(widths, _round_sums(hsum, widths, split)))
         for name, (wd, ht) in sizes.items():
             p = _resize_t(passes[wd].view(wd, n, h), wd, ht)
-            out[name] = _imagehash_bits(name, p, hash_size)
+            keep(name, _imagehash_bits(name, p, hash_size))
     for name, (wd, ht) in vsizes.items():
-        out[name] = _imagehash_bits(name, pillow_resize(gfull, wd, ht), hash_size)
+        keep(name, _imagehash_bits(name, pillow_resize(gfull, wd, ht), hash_size))
     if pdq is not None:
         t = pdq.view(n, ch, h, 16).double()
         if ch == 3:
@@ -460,7 +487,18 @@ def _hashes(names: tuple[str, ...], x: torch.Tensor, hash_size: int, step: int,
         coef = (rows @ t).reshape(n, 256)
         med = torch.kthvalue(coef, 128, dim=1, keepdim=True).values
         out["pdq"] = (coef > med).flip(1)
-    return out
+        ties["pdq"] = _ambiguous(coef, med, TIE_TOLERANCE["pdq"], member=True) | \
+            _pdq_too_small(h, w, n, dev)
+    return out, ties
+
+
+# PDQ's reference treats images smaller than this (in either dimension) its own way
+# (no box filtering, rows repeated by the decimation); they go to the reference.
+_PDQ_MIN_SIDE = 16
+
+
+def _pdq_too_small(h: int, w: int, n: int, dev: torch.device) -> torch.Tensor:
+    return torch.full((n,), min(h, w) < _PDQ_MIN_SIDE, dtype=torch.bool, device=dev)
 
 
 # ---------------------------------------------------------------------------- native kernel
@@ -566,42 +604,80 @@ def _native_resize(x: torch.Tensor, sizes: list[tuple[int, int]], levels: bool =
     return outs, hashes
 
 
-def _phash_bits_np(p: np.ndarray, hash_size: int) -> np.ndarray:
+def _phash_bits_np(p: np.ndarray, hash_size: int) -> tuple[np.ndarray, np.ndarray]:
     """pHash bits of the native kernel's uint8 levels (N, 4 hash_size, 4 hash_size), in numpy
-    (a fraction of torch's per-call cost at these sizes)."""
+    (a fraction of torch's per-call cost at these sizes), and the rows that tie."""
     n = p.shape[0]
     cn = _scipy_dct2_matrix(hash_size * 4, hash_size)
     low = (cn @ p.astype(np.float64) @ cn.T).reshape(n, -1)
     srt = np.sort(low, axis=1)
     half = low.shape[1] // 2
     med = srt[:, half] if low.shape[1] % 2 else (srt[:, half - 1] + srt[:, half]) / 2
-    return low > med[:, None]
+    ties = _ambiguous(torch.from_numpy(low), torch.from_numpy(med[:, None]),
+                      TIE_TOLERANCE["phash"], member=False).numpy()
+    return low > med[:, None], ties
 
 
 def _native_hashes(names: tuple[str, ...], x: torch.Tensor, hash_size: int,
-                   chunk: int | None, levels: bool) -> dict[str, torch.Tensor]:
+                   chunk: int | None, levels: bool
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """:func:`_hashes` with the imagehash hashes' grey and resize done by the native kernel
     (and aHash's and dHash's bits too)."""
     imagehash_names = [name for name in names if name != "pdq"]
     sizes = [_resize_size(name, hash_size) for name in imagehash_names]  # distinct per name
     outs, hashes = _native_resize(x, sizes, levels=levels, bits=imagehash_names)
-    out = {name: torch.from_numpy(_phash_bits_np(o, hash_size) if b is None else b)
-           for name, o, b in zip(imagehash_names, outs, hashes)}
+    out: dict[str, torch.Tensor] = {}
+    ties: dict[str, torch.Tensor] = {}
+    for name, o, b in zip(imagehash_names, outs, hashes):
+        if b is None:
+            bits, tie = _phash_bits_np(o, hash_size)
+            out[name], ties[name] = torch.from_numpy(bits), torch.from_numpy(tie)
+        else:
+            out[name] = torch.from_numpy(b)
     if "pdq" in names:
         with torch.no_grad():
-            out.update(_hashes(("pdq",), x, hash_size, _step(x, chunk), levels))
-    return out
+            more, more_ties = _hashes(("pdq",), x, hash_size, _step(x, chunk), levels)
+        out.update(more)
+        ties.update(more_ties)
+    return out, ties
 
 
 def _exact(names: tuple[str, ...], x: torch.Tensor, hash_size: int, chunk: int | None,
-           levels: bool) -> dict[str, torch.Tensor]:
+           levels: bool, deferred: dict[str, torch.Tensor] | None = None
+           ) -> dict[str, torch.Tensor]:
     """Exact bits of ``names`` for a non-empty batch. The native path runs outside autograd
     bookkeeping and with few library calls: on a batch whose caches were just evicted, each
-    torch call costs tens of microseconds."""
+    torch call costs tens of microseconds. Images whose coefficients tie with the median are
+    hashed by the reference library (their rows go into ``deferred`` when given)."""
     if _backend(x.is_cpu) == "native" and any(name != "pdq" for name in names):
-        return _native_hashes(names, x, hash_size, chunk, levels)
-    with torch.no_grad():
-        return _hashes(names, x, hash_size, _step(x, chunk), levels)
+        out, ties = _native_hashes(names, x, hash_size, chunk, levels)
+    else:
+        with torch.no_grad():
+            out, ties = _hashes(names, x, hash_size, _step(x, chunk), levels)
+    for name, tie in ties.items():
+        rows = tie.nonzero().flatten().tolist()
+        if deferred is not None:
+            deferred[name] = tie.cpu()
+        if rows:
+            out[name] = _from_reference(name, x, rows, out[name], hash_size, levels)
+    return out
+
+
+def _from_reference(name: str, x: torch.Tensor, rows: list[int], bits: torch.Tensor,
+                    hash_size: int, levels: bool) -> torch.Tensor:
+    """``bits`` with ``rows`` recomputed by the reference library on the 8-bit images."""
+    from .reference import reference_bits
+
+    sel = x[rows]
+    q = sel.float() if levels or x.dtype == torch.uint8 else to_uint8_grid(sel)
+    imgs = q.clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    if imgs.shape[3] == 1:
+        imgs = np.repeat(imgs, 3, axis=3)
+    params = {} if name == "pdq" else {"hash_size": hash_size}
+    ref = torch.from_numpy(np.stack([reference_bits(name, im, params) for im in imgs]))
+    bits = bits.clone()
+    bits[rows] = ref.to(bits.device)
+    return bits
 
 
 def _step(x: torch.Tensor, chunk: int | None) -> int:
@@ -610,17 +686,19 @@ def _step(x: torch.Tensor, chunk: int | None) -> int:
 
 
 def fast_hashes(names: tuple[str, ...] | list[str], x: torch.Tensor, hash_size: int = 8,
-                chunk: int | None = None) -> dict[str, torch.Tensor]:
+                chunk: int | None = None, deferred: dict[str, torch.Tensor] | None = None
+                ) -> dict[str, torch.Tensor]:
     """:func:`fast_hash` of several hashes of the same images at once: each chunk is read and
     converted once, Pillow's grey is shared by the imagehash hashes, and their horizontal
-    resize passes are one matrix product."""
+    resize passes are one matrix product. ``deferred``, when given, receives per hash the rows
+    that tied and were hashed by the reference library instead."""
     names = tuple(dict.fromkeys(names))
     for name in names:
         _check(name, x)
     if x.shape[0] == 0:
         return {name: torch.zeros((0, hash_bits(name, hash_size)), dtype=torch.bool,
                                   device=x.device) for name in names}
-    bits = _exact(names, x, hash_size, chunk, levels=False)
+    bits = _exact(names, x, hash_size, chunk, levels=False, deferred=deferred)
     return {name: bits[name] for name in names}
 
 

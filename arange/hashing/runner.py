@@ -44,9 +44,9 @@ from arange.stats import wilson_interval
 from arange.store import atomic_write_bytes, atomic_write_json
 from arange.threat import ThreatModel
 
-from .attacks import ExactHash, HammingObjective, SurrogateObjective, exact_oracle, white_box_view
+from .attacks import HammingObjective, SurrogateObjective, exact_oracle, white_box_view
 from .data import HashImages, load_images
-from .fast import fast_hash_backend
+from .fast import fast_hash_backend, fast_hashes
 from .reference import (
     DEFAULT_TRANSFER,
     HASHES,
@@ -471,9 +471,13 @@ def _checks(ctx: Context, detection: list[Detection], agreement: list[Agreement]
         checks.append(Check(name="fast_hash_agreement", status=status,
                             message=f"the batched {target} ({backend}) reproduces the reference "
                             f"bits exactly on {ag.exact}/{ag.n} images ({ag.bit_agreement:.4%} "
-                            "of bits); every success is re-verified by the reference library "
+                            "of bits"
+                            + (f"; {ag.deferred} tied with the median and were hashed by the "
+                               "reference" if ag.deferred else "")
+                            + "); every success is re-verified by the reference library "
                             "regardless",
-                            details={"mismatched": ag.mismatched, "backend": backend}))
+                            details={"mismatched": ag.mismatched, "backend": backend,
+                                     "deferred": ag.deferred}))
     twin = next((x for x in agreement if x.hash == target and x.path == "twin"), None)
     soft = next((x for x in agreement if x.hash == target and x.path == "surrogate"), None)
     if twin is not None and soft is not None:
@@ -532,6 +536,21 @@ def _checks(ctx: Context, detection: list[Detection], agreement: list[Agreement]
     checks.append(_monotonic(rows, "threshold", "an easier threshold (smaller for evasion, "
                              "larger for collision)"))
     return checks
+
+
+def _pdq_quality_check(quality: list[int], ids: list[str]) -> Check:
+    """PDQ's reference rates each hash's quality (0-100); its authors discard hashes below 50
+    (flat or tiny images), where matching says little."""
+    low = [i for i, q in enumerate(quality) if q < 50]
+    details = {"below_50": len(low), "min": min(quality, default=100),
+               "images": [ids[i] for i in low[:20]]}
+    if low:
+        return Check(name="pdq_quality", status="warn", message=f"{len(low)} of {len(quality)} "
+                     "database images have a PDQ quality below 50 (first: "
+                     f"{ids[low[0]]}, quality {quality[low[0]]}); PDQ's authors discard such "
+                     "hashes, so evasion and false matches on them say little", details=details)
+    return Check(name="pdq_quality", status="pass", message=f"every database image has a PDQ "
+                 f"quality of at least 50 (lowest {details['min']})", details=details)
 
 
 def _corpus_check(c: CorpusFpr, thresholds: list[int]) -> Check:
@@ -638,13 +657,14 @@ def run_planned_job(ctx: Context, job: HashJob | CorpusShard, mask: Any,
     return run_job(job, ctx, progress)
 
 
-def _agreement(h: str, path: str, bits: np.ndarray, ref: np.ndarray, ids: list[str]
-               ) -> Agreement:
+def _agreement(h: str, path: str, bits: np.ndarray, ref: np.ndarray, ids: list[str],
+               deferred: int = 0) -> Agreement:
     n = len(ref)
     exact = (bits == ref).all(axis=1)
     k = int(exact.sum())
     r, ci = _rate(k, n)
     return Agreement(hash=h, path=path, n=n, exact=k, exact_rate=r, exact_rate_ci=ci,
+                     deferred=deferred,
                      bit_agreement=float((bits == ref).mean()) if n else 1.0,
                      mismatched=[ids[i] for i in np.nonzero(~exact)[0][:20]])
 
@@ -700,11 +720,11 @@ def build_scorecard(state: RunState) -> HashScorecard:
         hp = params if h == t.hash else HASHES.get(h).check_params({})
         ref = db if h == t.hash else (ctx.transfer_db[h] if h in ctx.transfer_db else
                                       reference_bits_batch(h, data.images, hp))
-        fb = ExactHash(h, int(hp.get("hash_size", 8)))(ctx.x).bool().cpu().numpy()
-        exact = (fb == ref).all(axis=1)
-        k = int(exact.sum())
-        r, ci = _rate(k, n)
-        agreement.append(_agreement(h, "fast", fb, ref, data.ids))
+        deferred: dict[str, torch.Tensor] = {}
+        fb = fast_hashes((h,), ctx.x, int(hp.get("hash_size", 8)),
+                         deferred=deferred)[h].cpu().numpy()
+        agreement.append(_agreement(h, "fast", fb, ref, data.ids,
+                                    int(deferred[h].sum()) if h in deferred else 0))
     if spec.learned:
         agreement += _learned_agreement(ctx)
 
@@ -738,9 +758,14 @@ def build_scorecard(state: RunState) -> HashScorecard:
         dataset=data.name, dataset_fingerprint=ctx.fingerprint, dataset_info=data.info,
         scenario_path=state.scenario_path, scenario=s.model_dump(mode="json"),
         jobs_reused=state.reused)
+    quality = None
+    if t.hash == "pdq":
+        import pdqhash
+        quality = [int(pdqhash.compute(np.ascontiguousarray(im))[1]) for im in data.images]
+        checks.append(_pdq_quality_check(quality, data.ids))
     matcher = Matcher(hash=t.hash, hash_params=params, bits=int(db.shape[1]),
                       thresholds=list(t.thresholds), database_size=n,
-                      reference=spec.describe(params), fast_path=spec.fast)
+                      reference=spec.describe(params), fast_path=spec.fast, quality=quality)
     return HashScorecard(name=s.name, provenance=prov, matcher=matcher, agreement=agreement,
                          detection=detection, fpr=curves, results=rows,
                          transfer=transfer_rows, sweep=sweep, checks=checks, corpus=corpus,

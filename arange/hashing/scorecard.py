@@ -43,6 +43,9 @@ class Matcher(Model):
     database_size: int
     reference: str
     fast_path: bool                # torch implementation used in the attacks' inner loop
+    # PDQ: the reference's quality (0-100) of each database image; PDQ's authors treat hashes
+    # below 50 as unreliable
+    quality: list[int] | None = None
 
 
 class Agreement(Model):
@@ -57,6 +60,9 @@ class Agreement(Model):
     exact_rate: float
     exact_rate_ci: tuple[float, float]
     bit_agreement: float           # fraction of agreeing bits over all images
+    # images whose coefficients tie with the median (flat, symmetric, tiny): the fast path
+    # hands them to the reference library (arange.hashing.fast.TIE_TOLERANCE)
+    deferred: int = 0
     mismatched: list[str] = Field(default_factory=list)  # image ids (first 20)
 
 
