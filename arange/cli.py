@@ -86,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--trust-code", action="store_true",
                    help="allow the scenario's python:FILE:CLASS models (runs that code)")
 
+    ex = sub.add_parser("export", help="write a forensics detector the range trained as a file "
+                        "(TorchScript, ONNX or torch.export) that a scenario can bring back")
+    ex.add_argument("scenario", help="a forgery_localization scenario")
+    ex.add_argument("--detector", help="the detector's label (default: the target)")
+    ex.add_argument("--format", choices=["torchscript", "onnx", "export"], default="onnx")
+    ex.add_argument("--out", required=True, help="the file to write")
+    ex.add_argument("--device", help="override the scenario's device")
+
     v = sub.add_parser("validate", help="check a scenario file without running it")
     v.add_argument("scenario")
 
@@ -137,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "validate":
             return _cmd_validate(args)
+        if args.command == "export":
+            return _cmd_export(args)
         if args.command == "train":
             return _cmd_train(args)
         if args.command == "list":
@@ -190,6 +200,30 @@ def _cmd_train(args: argparse.Namespace) -> int:
         acc = info.get("test_accuracy")
         print(f"{key:<14} {info.get('method', ''):<10} {info.get('train_seconds', 0):>8.1f} "
               f"{'' if acc is None else f'{acc:.3f}':>8}  {info.get('path', '')}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .core.driver import resolve_device
+    from .core.scenario import load_scenario
+    from .forensics.detector import export_detector
+    from .forensics.runner import prepare
+
+    s = load_scenario(args.scenario)
+    if s.task != "forgery_localization":
+        raise ArangeError(f"{args.scenario}: 'arange export' writes forensics detectors; this is "
+                          f"a {s.task} scenario")
+    label = args.detector or s.target_detector
+    spec = next((d for d in s.detectors if d.label == label), None)
+    if spec is None or spec.brought:
+        raise ArangeError(f"{args.scenario}: no detector {label!r} that the range trains "
+                          f"(trained here: {', '.join(d.label for d in s.detectors if not d.brought)})")
+    ctx = prepare(s, resolve_device(args.device or s.device), progress=True)
+    net = ctx.nets[label]
+    spelling = export_detector(net, args.out, args.format, (s.target.crop, s.target.crop))
+    print(f"wrote {args.out}; bring it back in a scenario with\n"
+          f"detectors:\n  - label: {label}_{args.format}\n    model: {spelling}\n"
+          f"    output: logits\n    image_score: topk\n    topk: {getattr(net, 'topk', 0.02)}")
     return 0
 
 

@@ -16,6 +16,7 @@ from arange.core.safeio import short
 from arange.core.scenario import (
     AttackSpecBase,
     Label,
+    Normalisation,
     OptionalNumber,
     ScenarioBase,
     Strict,
@@ -57,7 +58,7 @@ class DatasetSpec(Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-class Preprocessing(Strict):
+class Preprocessing(Normalisation):
     """What the model expects, applied by arange: ``resize`` (shorter side) and ``crop``
     (centre, square) when the data are loaded; ``scale`` (the model's value range: 1 for
     [0, 1], 255 for [0, 255]), ``channels`` order and ``mean`` / ``std`` inside the model
@@ -66,20 +67,9 @@ class Preprocessing(Strict):
 
     resize: int | None = Field(None, ge=8, le=4096)
     crop: int | None = Field(None, ge=8, le=4096)
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    scale: float = Field(1.0, gt=0, le=255)
-    channels: Literal["rgb", "bgr"] = "rgb"
 
     @model_validator(mode="after")
-    def _consistent(self) -> Preprocessing:
-        if (self.mean is None) != (self.std is None):
-            raise ValueError("give both mean and std, or neither")
-        if self.mean is not None and self.std is not None:
-            if len(self.mean) != len(self.std) or len(self.mean) not in (1, 3):
-                raise ValueError("mean and std need 1 or 3 values each (one per channel)")
-            if not all(v > 0 for v in self.std):
-                raise ValueError("std values must be > 0")
+    def _sizes(self) -> Preprocessing:
         if self.resize is not None and self.crop is not None and self.crop > self.resize:
             raise ValueError(f"crop ({self.crop}) must be <= resize ({self.resize})")
         return self

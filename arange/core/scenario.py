@@ -16,7 +16,7 @@ import types
 import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
     AfterValidator,
@@ -27,6 +27,7 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from arange.core.norms import Norm
@@ -82,6 +83,28 @@ class Strict(BaseModel):
 
 
 _Task = typing.TypeVar("_Task", bound=BaseModel)
+
+
+class Normalisation(Strict):
+    """What a brought model expects, applied by arange inside its wrapper: the [0, 1] image
+    times ``scale`` (1 for [0, 1], 255 for [0, 255]), channels in ``channels`` order, then
+    ``(x - mean) / std``."""
+
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    scale: float = Field(1.0, gt=0, le=255)
+    channels: Literal["rgb", "bgr"] = "rgb"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Normalisation:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both mean and std, or neither")
+        if self.mean is not None and self.std is not None:
+            if len(self.mean) != len(self.std) or len(self.mean) not in (1, 3):
+                raise ValueError("mean and std need 1 or 3 values each (one per channel)")
+            if not all(v > 0 for v in self.std):
+                raise ValueError("std values must be > 0")
+        return self
 
 
 class ScenarioBase(Strict):

@@ -153,3 +153,95 @@ class NoiseResidualNet(nn.Module):
 
 def build_detector(name: str, params: dict[str, Any]) -> NoiseResidualNet:
     return DETECTORS.create(name, **params)  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------------------- brought detectors
+
+class BroughtDetector(nn.Module):
+    """A detector you bring, as the range sees every detector: float NCHW images in [0, 1] ->
+    pixel logits N x 1 x H x W, and :meth:`image_logit` pooled from them.
+
+    ``net`` gets the image after ``scale``, channel order and ``(x - mean) / std``; its output
+    (a tensor, or the first of a tuple or list) is N x H' x W' or N x C x H' x W' (channel 0 is
+    the forgery map), logits or probabilities (turned into logits), bilinearly upsampled to the
+    input size when smaller."""
+
+    def __init__(self, net: nn.Module, output: str = "logits", mean: list[float] | None = None,
+                 std: list[float] | None = None, scale: float = 1.0, bgr: bool = False,
+                 image_score: str = "topk", topk: float = 0.02):
+        super().__init__()
+        self.net = net
+        self.output = output
+        self.scale = float(scale)
+        self.bgr = bool(bgr)
+        self.image_score = image_score
+        self.topk = float(topk)
+        m = torch.tensor(mean if mean is not None else [0.0]).view(1, -1, 1, 1)
+        s = torch.tensor(std if std is not None else [1.0]).view(1, -1, 1, 1)
+        self.register_buffer("mean", m)
+        self.register_buffer("std", s)
+
+    def train(self, mode: bool = True) -> BroughtDetector:
+        self.training = mode
+        try:
+            self.net.train(mode)
+        except (AttributeError, NotImplementedError, RuntimeError):
+            pass  # an exported program has no train mode; it is always evaluated as exported
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        v = x * self.scale
+        if self.bgr:
+            v = v.flip(1)
+        out = self.net((v - self.mean) / self.std)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        if out.dim() == 3:
+            out = out[:, None]
+        if out.dim() != 4:
+            raise ValueError(f"the detector returned a tensor of shape {tuple(out.shape)}; "
+                             "expected one map per image (N x H x W or N x C x H x W)")
+        out = out[:, :1].float()
+        if self.output == "probabilities":
+            p = out.clamp(1e-6, 1 - 1e-6)
+            out = torch.log(p) - torch.log1p(-p)
+        if out.shape[-2:] != (h, w):
+            out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
+        return out
+
+    def image_logit(self, logits: torch.Tensor) -> torch.Tensor:
+        flat = logits.flatten(1)
+        if self.image_score == "max":
+            return flat.max(dim=1).values
+        if self.image_score == "mean":
+            return flat.mean(dim=1)
+        k = max(1, round(self.topk * flat.shape[1]))
+        return flat.topk(k, dim=1).values.mean(dim=1)
+
+
+EXPORT_FORMATS = ("torchscript", "onnx", "export")
+
+
+def export_detector(net: nn.Module, path: str, fmt: str, size: tuple[int, int]) -> str:
+    """Write ``net`` (float NCHW in [0, 1] -> pixel logits) as a file a scenario can bring back
+    (``model: <fmt>:<path>``): TorchScript (traced), ONNX (opset 17, any batch size) or a
+    ``torch.export`` program. ``size``: the (height, width) of the example input. Returns the
+    ``model:`` spelling."""
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)} (got {fmt!r})")
+    net = net.eval().cpu()
+    x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        if fmt == "torchscript":
+            torch.jit.trace(net, x).save(path)
+        elif fmt == "onnx":
+            torch.onnx.export(net, (x,), path, input_names=["image"], output_names=["logits"],
+                              dynamic_axes={"image": {0: "n"}, "logits": {0: "n"}},
+                              opset_version=17, dynamo=False)
+        else:  # any batch size (an example of 2: a batch of 1 would be specialised)
+            batch = torch.export.Dim("batch", min=1, max=65536)
+            prog = torch.export.export(net, (x.repeat(2, 1, 1, 1),),
+                                       dynamic_shapes={"x": {0: batch}})
+            torch.export.save(prog, path)
+    return f"{fmt}:{path}"

@@ -50,10 +50,10 @@ from arange.threat import ThreatModel
 
 from . import metrics as M
 from .data import Split, load_split, to_tensor, to_uint8
-from .detector import NoiseResidualNet, build_detector
+from .detector import BroughtDetector, build_detector
 from .inpainters import INPAINTERS, Inpainter, PrepareContext, forge_training_set, inpaint
 from .masks import make_masks
-from .scenario import AttackSpec, ForensicsScenario
+from .scenario import AttackSpec, DetectorSpec, ForensicsScenario
 from .scorecard import (
     DetectorInfo,
     ForensicsProvenance,
@@ -75,7 +75,7 @@ JOB_FORMAT = 1
 # ---------------------------------------------------------------------------- scoring
 
 @torch.no_grad()
-def predict(net: NoiseResidualNet, images: np.ndarray, device: torch.device,
+def predict(net: Any, images: np.ndarray, device: torch.device,
             batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """(probability maps N x H x W float32, image scores N) for uint8 NHWC images."""
     net.eval()
@@ -225,7 +225,8 @@ class Context:
     forged: dict[str, np.ndarray]                       # inpainter -> forged test tiles
     seen: dict[str, bool]
     infos: list[InpainterInfo] = field(default_factory=list)
-    nets: dict[str, NoiseResidualNet] = field(default_factory=dict)
+    nets: dict[str, nn.Module] = field(default_factory=dict)       # label -> what scores
+    attack_nets: dict[str, nn.Module] = field(default_factory=dict)  # label -> what is attacked
     shas: dict[str, str] = field(default_factory=dict)
     det_infos: list[DetectorInfo] = field(default_factory=list)
     fingerprint: str = ""
@@ -338,12 +339,12 @@ def job_attack(ctx: Context, a: AttackSpec, eps: float, transfer: bool) -> list[
     """Rows for one eps: the attacked images scored by the target, and after a JPEG trip."""
     t0 = time.perf_counter()
     target = ctx.s.target_detector
-    source = f"{target}@seed{ctx.s.seed + 1}" if transfer else target
+    source = transfer_source(ctx.s, a) if transfer else target
     images, masks, labels = attack_subset(ctx, a.samples)
     seed = int(_key({"eps": eps, "transfer": transfer, "seed": ctx.s.seed})[:8], 16)
     if eps > 0:
-        adv, facts = run_attack(ctx.nets[source], images, masks, a, eps, seed, ctx.device,
-                                ctx.s.target.batch_size)
+        adv, facts = run_attack(ctx.attack_nets.get(source, ctx.nets[source]), images, masks, a,
+                                eps, seed, ctx.device, ctx.s.target.batch_size)
     else:
         adv, facts = images, {"norm": a.norm.value, "perturbation_max": 0.0, "linf_max": 0.0,
                               "budget_violations": 0, "off_grid": 0, "attack_params": {}}
@@ -364,6 +365,44 @@ def job_attack(ctx: Context, a: AttackSpec, eps: float, transfer: bool) -> list[
                      "strength": float(eps), "eps_label": label, "source": source,
                      **facts, "seconds": round(time.perf_counter() - t0, 3)})
     return rows
+
+
+def transfer_source(s: ForensicsScenario, a: AttackSpec) -> str:
+    """The detector a transfer attack is crafted on: the named surrogate, else the target's
+    copy trained with seed + 1."""
+    return a.surrogate or f"{s.target_detector}@seed{s.seed + 1}"
+
+
+def load_brought(d: DetectorSpec, trust_code: bool, dev: torch.device
+                 ) -> tuple[nn.Module, nn.Module, str, dict[str, Any]]:
+    """(scorer, attacked twin, sha256, info) of a detector you bring; for ONNX the scorer is
+    onnxruntime on the file and the twin its onnx2torch conversion."""
+    from arange.models.sources import ModelSourceError, load_model_source, parse_model_source
+
+    src = parse_model_source(str(d.model))
+    try:
+        loaded = load_model_source(src, d.params, d.weights, trust_code=trust_code)
+    except ModelSourceError as e:
+        raise ArangeError(f"detector {d.label!r}: {e}") from e
+    p = d.preprocessing
+    kw: dict[str, Any] = {"output": d.output, "image_score": d.image_score, "topk": d.topk}
+    if p is not None:
+        kw |= {"mean": p.mean, "std": p.std, "scale": p.scale, "bgr": p.channels == "bgr"}
+    twin = BroughtDetector(loaded.net, **kw).to(dev).eval()
+    scorer = BroughtDetector(loaded.runtime, **kw).to(dev).eval() \
+        if loaded.runtime is not None else twin
+    return scorer, twin, loaded.sha256, loaded.info
+
+
+def _deployed_agreement(ctx: Context, label: str) -> tuple[float, float]:
+    """(pixels, images) on which the twin and the deployed runtime agree (map at 0.5, image
+    score at 0.5), over the clean forged and untouched test images."""
+    images = np.concatenate([*ctx.forged.values(), ctx.split.test])
+    bs = ctx.s.target.batch_size
+    m1, s1 = predict(ctx.nets[label], images, ctx.device, bs)
+    m2, s2 = predict(ctx.attack_nets[label], images, ctx.device, bs)
+    return (float(((m1 >= 0.5) == (m2 >= 0.5)).mean()),
+            float(((s1 >= 0.5) == (s2 >= 0.5)).mean()))
 
 
 @dataclass(frozen=True)
@@ -455,6 +494,19 @@ def _checks(ctx: Context, infos: list[InpainterInfo], results: list[ResultRow],
     else:
         checks.append(Check(name="attack_sanity", status="pass", message="AUC never rises with "
                             "eps and white-box PGD is at least as strong as transfer"))
+    for info in ctx.det_infos:
+        if info.deployed_agreement is None:
+            continue
+        ok = min(info.deployed_agreement, info.deployed_image_agreement or 1.0) >= 0.99
+        checks.append(Check(
+            name=f"deployed_runtime ({info.label})", status="pass" if ok else "fail",
+            message=f"{info.label}: the onnx2torch twin that the attacks differentiate and "
+            f"onnxruntime on {info.source} agree on {info.deployed_agreement:.4%} of test "
+            f"pixels and {info.deployed_image_agreement:.2%} of images"
+            + ("" if ok else "; below 99%, so attacks aim at a model that is not the deployed "
+               "one and their rows understate the risk"),
+            details={"pixels": info.deployed_agreement,
+                     "images": info.deployed_image_agreement}))
     target = ctx.s.target_detector
     seen = [r for r in results if r.detector == target and r.seen and r.auc is not None]
     if seen:
@@ -518,10 +570,22 @@ def prepare(s: ForensicsScenario, dev: torch.device, progress: bool = True) -> C
         mk.min_area, mk.max_area, t.real_fraction, s.seed)
     train_fp = hashlib.sha256(train_imgs.tobytes() + train_masks.tobytes()).hexdigest()
     timings["training_set"] = round(time.perf_counter() - t0, 2)
-    jobs_specs = [(d, s.seed, d.label, "detector") for d in s.detectors]
-    if any(a.transfer for a in s.attacks):
+    jobs_specs = [(d, s.seed, d.label, "detector") for d in s.detectors if not d.brought]
+    if any(a.transfer and a.surrogate is None for a in s.attacks):
         d = next(d for d in s.detectors if d.label == s.target_detector)
         jobs_specs.append((d, s.seed + 1, f"{d.label}@seed{s.seed + 1}", "transfer_source"))
+    from arange.core.scenario import code_trusted
+    for d in s.detectors:
+        if not d.brought:
+            continue
+        scorer, twin, sha, info = load_brought(d, code_trusted(s), dev)
+        ctx.nets[d.label], ctx.attack_nets[d.label], ctx.shas[d.label] = scorer, twin, sha
+        agree = _deployed_agreement(ctx, d.label) if scorer is not twin else (None, None)
+        ctx.det_infos.append(DetectorInfo(
+            label=d.label, name=str(info.get("format")), params=d.params,
+            training={}, seed=s.seed, weights=str(d.weights or d.model), sha256=sha,
+            source=d.model, deployed_agreement=_r(agree[0], 6),
+            deployed_image_agreement=_r(agree[1], 6)))
     t0 = time.perf_counter()
     for d, seed, label, role in jobs_specs:
         net = build_detector(d.name, d.params)

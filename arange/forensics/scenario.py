@@ -35,6 +35,7 @@ from pydantic import Field, field_validator
 from arange.core.scenario import (
     AttackSpecBase,
     Name,
+    Normalisation,
     ScenarioBase,
     Strict,
     build_component,
@@ -98,14 +99,30 @@ class DetectorTraining(Strict):
 
 
 class DetectorSpec(Strict):
+    """A detector: one the range trains (``name``, ``params``, ``training``), or yours
+    (``model``: ``torchscript:``, ``export:``, ``onnx:`` or ``python:FILE:CLASS`` with
+    ``weights``), which maps a batch of images to one map per pixel (``output``: logits or
+    probabilities; a smaller map is upsampled), with an image score pooled from the map
+    (``image_score``)."""
+
     label: Name
     name: str = "noise_residual"
     params: dict[str, Any] = Field(default_factory=dict)
     training: DetectorTraining = Field(default_factory=DetectorTraining)
+    model: str | None = None
+    weights: str | None = None               # python: detectors' state dict
+    output: Literal["logits", "probabilities"] = "logits"
+    preprocessing: Normalisation | None = None
+    image_score: Literal["topk", "max", "mean"] = "topk"
+    topk: float = Field(0.02, gt=0, le=1)    # image_score topk: the share of pixels averaged
 
     @property
     def key(self) -> str:
         return self.label
+
+    @property
+    def brought(self) -> bool:
+        return self.model is not None
 
 
 class PerturbationSpec(Strict):
@@ -127,7 +144,10 @@ class AttackSpec(AttackSpecBase):
     name: Literal["pgd"] = "pgd"
     samples: int | None = Field(48, ge=1)       # forged test images attacked (all inpainters)
     jpeg_quality: int | None = Field(75, ge=1, le=100)     # re-scored after this JPEG too
-    transfer: bool = True    # also craft on a copy of the detector trained with seed + 1
+    # also craft on a surrogate and score on the target: the detector labelled ``surrogate``,
+    # or by default a copy of the (range-trained) target trained with seed + 1
+    transfer: bool = True
+    surrogate: str | None = None
 
 
 class ForensicsGate(Strict):
@@ -162,8 +182,62 @@ def load_forensics_scenario(raw: dict[str, Any], source: str, base_dir: Path | N
                             ) -> ForensicsScenario:
     """Validate a ``task: forgery_localization`` mapping (the :class:`arange.core.task.Task`
     loader)."""
-    return load_task_scenario(ForensicsScenario, raw, source, base_dir,
-                              validate_forensics_scenario)
+    return load_task_scenario(ForensicsScenario, _detector_paths(raw, base_dir, source),
+                              source, base_dir, validate_forensics_scenario)
+
+
+def _detector_paths(raw: Any, base_dir: Path | None, source: str) -> Any:
+    """Brought detectors' model and weights files relative to the scenario file."""
+    from arange.models.sources import ModelSourceError, parse_model_source
+
+    dets = raw.get("detectors") if isinstance(raw, dict) else None
+    if not isinstance(dets, list):
+        return raw
+    fixed = []
+    for i, d in enumerate(dets):
+        if isinstance(d, dict) and isinstance(d.get("model"), str):
+            d = dict(d)
+            try:
+                src = parse_model_source(d["model"], base_dir)
+            except ModelSourceError as e:
+                raise fail(source, f"detectors[{i}].model", str(e)) from e
+            if src.registry or src.kind in ("torchvision", "timm"):
+                raise fail(source, f"detectors[{i}].model", "a detector you bring is a file: "
+                           "torchscript:FILE, export:FILE, onnx:FILE or python:FILE:CLASS "
+                           "(for one the range trains, give name: instead)")
+            d["model"] = src.spelling()
+            w = d.get("weights")
+            if isinstance(w, str) and base_dir is not None and \
+                    not Path(w).expanduser().is_absolute():
+                d["weights"] = str((base_dir / w).resolve())
+        fixed.append(d)
+    return {**raw, "detectors": fixed}
+
+
+def _validate_brought(d: DetectorSpec, i: int, source: str) -> None:
+    from arange.models.sources import ModelSourceError, check_model_source, parse_model_source
+
+    path = f"detectors[{i}]"
+    for key in ("name", "training"):
+        if key in d.model_fields_set:
+            raise fail(source, f"{path}.{key}", "a detector you bring (model:) is not trained "
+                       f"by the range; remove {key}")
+    src = parse_model_source(str(d.model))
+    try:
+        check_model_source(src)
+    except ModelSourceError as e:
+        raise fail(source, f"{path}.model", str(e)) from e
+    if src.weights_inside and d.weights is not None:
+        raise fail(source, f"{path}.weights", f"{d.model} holds its weights; remove weights")
+    if not src.weights_inside:
+        if d.weights is None:
+            raise fail(source, f"{path}.weights", f"{d.model} needs a weights file (a "
+                       ".safetensors, .pt or .pth state dict)")
+        if not Path(d.weights).is_file():
+            raise fail(source, f"{path}.weights", f"file {d.weights} does not exist; give a "
+                       "path relative to the scenario file")
+    elif d.params:
+        raise fail(source, f"{path}.params", f"{d.model} is built already; remove params")
 
 
 def validate_forensics_scenario(s: ForensicsScenario, source: str = "<scenario>") -> None:
@@ -199,9 +273,17 @@ def validate_forensics_scenario(s: ForensicsScenario, source: str = "<scenario>"
                         f"{suggest(n, names)} (inpainters: {', '.join(names)}); add it to "
                         "inpainters or remove it here")
     for i, d in enumerate(s.detectors):
+        if d.brought:
+            _validate_brought(d, i, source)
+            continue
+        for key in ("output", "preprocessing", "weights", "image_score", "topk"):
+            if key in d.model_fields_set:
+                raise fail(source, f"detectors[{i}].{key}", "applies to a detector you bring "
+                           "(model:); the range's own detectors fix it themselves")
         check_component(DETECTORS, d.name, d.params, source, f"detectors[{i}].name",
                         f"detectors[{i}].params")
     labels = check_labels(s.detectors, "detectors", source)
+    by_label = {d.label: d for d in s.detectors}
     if t.detector is not None and t.detector not in labels:
         raise fail(source, "target.detector", f"no detector labelled {t.detector!r}"
                     f"{suggest(t.detector, labels)} (detectors: {', '.join(labels)})")
@@ -220,6 +302,18 @@ def validate_forensics_scenario(s: ForensicsScenario, source: str = "<scenario>"
                             f"(got {v:g})")
     for i, a in enumerate(s.attacks):
         check_attack(a, TASK, source, f"attacks[{i}]")
+        if a.surrogate is not None:
+            if a.surrogate not in labels:
+                raise fail(source, f"attacks[{i}].surrogate", f"no detector labelled "
+                           f"{a.surrogate!r}{suggest(a.surrogate, labels)} (detectors: "
+                           f"{', '.join(labels)})")
+            if a.surrogate == s.target_detector:
+                raise fail(source, f"attacks[{i}].surrogate", "is the target itself; name "
+                           "another detector (a transfer attack is crafted on a different one)")
+        elif a.transfer and by_label[s.target_detector].brought:
+            raise fail(source, f"attacks[{i}].surrogate", f"the target {s.target_detector!r} "
+                       "is your own detector, which the range cannot retrain; name another "
+                       "detector as the transfer surrogate, or set transfer: false")
     check_labels(s.attacks, "attacks", source)
     for i, g in enumerate(s.gates):
         check_gate_rule(g, GATE_METRICS, source, f"gates[{i}]")

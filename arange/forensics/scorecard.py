@@ -58,6 +58,11 @@ class DetectorInfo(Model):
     train_seconds: float | None = None
     cached: bool = False
     role: Literal["detector", "transfer_source"] = "detector"
+    # a detector you bring: its source (e.g. onnx:/path/detector.onnx) and, for ONNX, the
+    # share of test pixels (and images) on which the attacked twin and onnxruntime agree
+    source: str | None = None
+    deployed_agreement: float | None = None
+    deployed_image_agreement: float | None = None
 
 
 class ResultRow(Model):

@@ -286,8 +286,43 @@ def convert_onnx(model: Any) -> nn.Module:
     shared weights and ``Constant`` nodes folded into initialisers, and ``SAME`` auto-padding
     spelled out as explicit pads."""
     onnx2torch = _optional("onnx2torch", "onnx")
-    graph = explicit_pads(_constants_as_initializers(_inline_identities(model)))
+    graph = explicit_pads(_fold_constants(_constants_as_initializers(
+        _inline_identities(model))))
     return onnx2torch.convert(graph).eval()  # type: ignore[no-any-return]
+
+
+def _fold_constants(model: Any) -> Any:
+    """Nodes computed from initialisers only (a weight the network derives from its parameters
+    at run time, such as a constrained convolution's) evaluated once, by onnx's reference
+    evaluator, into initialisers: onnx2torch takes convolution weights from initialisers."""
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    model = copy.deepcopy(model)
+    g = model.graph
+    values = {i.name: i for i in g.initializer}
+    keep = []
+    for node in g.node:
+        inputs = [i for i in node.input if i]
+        if not inputs or not all(i in values for i in inputs) or node.domain not in ("", "ai.onnx"):
+            keep.append(node)
+            continue
+        sub = helper.make_model(
+            helper.make_graph([node], "fold", [], [
+                helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None)
+                for o in node.output], [values[i] for i in inputs]),
+            opset_imports=model.opset_import)
+        try:
+            outs = ReferenceEvaluator(sub).run(None, {})
+        except Exception:  # noqa: BLE001 - leave what the evaluator cannot compute to onnx2torch
+            keep.append(node)
+            continue
+        for name, v in zip(node.output, outs, strict=True):
+            values[name] = numpy_helper.from_array(np.asarray(v), name)
+            g.initializer.append(values[name])
+    del g.node[:]
+    g.node.extend(keep)
+    return model
 
 
 def _constants_as_initializers(model: Any) -> Any:
