@@ -82,6 +82,24 @@ def robustness_rows(card: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+EXTERNAL_METRICS = ("pixel_f1", "pixel_f1_best", "pixel_auc", "iou", "image_auc", "image_f1",
+                    "image_accuracy")
+
+
+def external_rows(card: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows on the user's own forgery set: clean, benign and adversarial conditions of each
+    detector side by side (``external`` in the scorecard)."""
+    out = []
+    for r in rows_of(card, "external"):
+        row = {"detector": str(r.get("detector", "")), "condition": str(r.get("condition", "")),
+               "kind": str(r.get("kind", "")), "source": r.get("source") or ""}
+        row |= {m: number(r.get(m)) for m in EXTERNAL_METRICS}
+        row["tampered"] = r.get("n_tampered")
+        row["authentic"] = r.get("n_authentic")
+        out.append(row)
+    return out
+
+
 def forensics_headline(card: dict[str, Any]) -> dict[str, Any]:
     rows = [r for r in inpainter_rows(card) if r["auc"] is not None]
     if not rows:
@@ -117,6 +135,15 @@ def render(run: Run) -> None:
 
     card = run.card or {}
     st.subheader(f"Forgery localisation: {run.name}")
+    ext = external_rows(card)
+    if ext:
+        data = card.get("data") or {}
+        st.markdown(f"#### Your forgery set ({data.get('dataset', '?')}: "
+                    f"{data.get('tampered', '?')} tampered, {data.get('authentic', '?')} "
+                    "authentic): clean, benign and adversarial conditions side by side")
+        _metric_bars(ext, "condition", "kind", ("pixel_f1", "pixel_auc"))
+        show_table(ext)
+        return
     rows = inpainter_rows(card)
     rob = robustness_rows(card)
     if not rows and not rob:
@@ -128,14 +155,7 @@ def render(run: Run) -> None:
     st.markdown("#### Per-inpainter AUC and F1 (seen inpainters were in the detector's "
                 "training data; unseen ones test generalisation)")
     if rows:
-        long = [{"inpainter": r["inpainter"], "seen": r["seen"], "metric": m, "value": r[m],
-                 "detector": r["detector"]} for r in rows for m in ("auc", "f1")
-                if r[m] is not None]
-        st.altair_chart(charts.bar_chart(long, x="inpainter", y="value", color="seen",
-                                         column="metric", x_title="inpainter",
-                                         y_title="score",
-                                         tooltip=["detector", "inpainter", "seen", "metric",
-                                                  "value"]), width="stretch")
+        _metric_bars(rows, "inpainter", "seen", ("auc", "f1"))
         show_table(rows)
     else:
         st.info(f"{NO_DATA}: no per-inpainter rows.")
@@ -148,6 +168,22 @@ def render(run: Run) -> None:
                                                     "metric", "value"]), width="stretch")
     else:
         st.info(f"{NO_DATA}: no robustness rows (perturbation/attack with a strength).")
+
+
+def _metric_bars(rows: list[dict[str, Any]], x: str, color: str, metrics: tuple[str, ...]
+                 ) -> None:
+    """One bar per row and metric, a panel per metric."""
+    import streamlit as st
+
+    from . import charts
+
+    long = [{"detector": r["detector"], x: r[x], color: r[color], "metric": m, "value": r[m]}
+            for r in rows for m in metrics if r[m] is not None]
+    if long:
+        st.altair_chart(charts.bar_chart(long, x=x, y="value", color=color, column="metric",
+                                         x_title=x, y_title="score",
+                                         tooltip=["detector", x, color, "metric", "value"]),
+                        width="stretch")
 
 
 def render_examples(run: Run, job_id: str) -> None:

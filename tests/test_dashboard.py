@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import shutil
 import socket
@@ -93,11 +94,37 @@ def store(tiny_run: tuple[Any, Path], tmp_path_factory: pytest.TempPathFactory) 
 
     arange.run(copy.deepcopy(HASH), out=root / "hash", progress=False)
     arange.run(yaml.safe_load(FORENSICS), out=root / "forensics", progress=False)
+    _own_forgery_run(root, tmp_path_factory.mktemp("own-forgeries"))
     shutil.copytree(root / "hash", root / "hash-empty")
     card = json.loads((root / "hash-empty" / "scorecard.json").read_text())
     card["results"], card["transfer"], card["sweep"] = [], [], []
     _write_json(root / "hash-empty" / "scorecard.json", card)
     return root
+
+
+def _own_forgery_run(root: Path, work: Path) -> None:
+    """A detector the range trained, exported as ONNX, on a CASIA-style set of real forgeries:
+    the forensics page's view of your own data."""
+    import arange
+    from arange.cli import main
+
+    from .forgery_sets import build
+    from .test_forensics import TINY as FORENSICS
+
+    raw = yaml.safe_load(FORENSICS)
+    raw["detectors"], raw["gates"] = raw["detectors"][:1], []
+    (work / "inrange.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["export", str(work / "inrange.yaml"), "--format", "onnx", "--out",
+                 str(work / "det.onnx")]) == 0
+    build(work / "casia", tampered=4, authentic=2)
+    arange.run({"name": "forensics-own", "task": "forgery_localization", "seed": 0,
+                "device": "cpu",
+                "target": {"dataset": {"name": "casia", "options": {"root": str(work / "casia")}}},
+                "detectors": [{"label": "mine", "model": f"onnx:{work / 'det.onnx'}"}],
+                "robustness": [{"perturbation": "jpeg", "strengths": [75]}],
+                "attacks": [{"name": "pgd", "eps": ["4/255"], "params": {"steps": 2},
+                             "samples": 2, "transfer": False}]},
+               out=root / "forensics-own", progress=False)
 
 
 def _card(store: Path, run_id: str) -> dict[str, Any]:
@@ -467,6 +494,25 @@ def test_hash_page_shows_the_scorecards_numbers(store: Path,
     assert f"Hamming distance **{samples['jobs'][job]['distance'][first]}**" in facts[0]
 
 
+def test_forensics_page_shows_your_forgery_set(store: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    card = _card(store, "forensics-own")
+    at = _app(store, monkeypatch, "forensics", forgery_localization_run="forensics-own")
+    _no_crash(at)
+    table = at.dataframe[0].value
+    assert list(table["condition"]) == [r["condition"] for r in card["external"]]
+    assert {"clean", "benign", "white-box"} <= set(table["kind"])
+    for col in ("pixel_f1", "pixel_auc", "image_auc"):
+        want = [r[col] for r in card["external"]]
+        got = list(table[col])
+        assert all((w is None and math.isnan(g)) or g == pytest.approx(w) for w, g in
+                   zip(want, got, strict=True)), col
+    bars = _chart_frames(at)[0]
+    assert sorted(bars["value"]) == sorted(r[m] for r in card["external"]
+                                           for m in ("pixel_f1", "pixel_auc")
+                                           if r[m] is not None)
+
+
 def test_forensics_page_shows_the_scorecards_numbers(store: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     card = _card(store, "forensics")
@@ -711,7 +757,7 @@ def test_end_to_end_in_headless_chromium(dashboard_server: str, store: Path, tmp
     forensics_low = f"{min(r['auc'] for r in _card(store, 'forensics')['results']):.3f}"
     pages = [
         # table cells are drawn on a canvas: wait for text around the table
-        ("runs", "", ["Runs", "10 of 10 run(s) shown", "Runs that cannot be shown",
+        ("runs", "", ["Runs", "11 of 11 run(s) shown", "Runs that cannot be shown",
                       "older schema"]),
         ("scorecard", "&run=tiny", ["Scorecard: tiny", "Validity checks", "monotonic_eps",
                                     "Why it matters", "Report (HTML)"]),
@@ -723,6 +769,8 @@ def test_end_to_end_in_headless_chromium(dashboard_server: str, store: Path, tmp
                                              "Threshold trade-off", hash_top]),
         ("forensics", "&forgery_localization_run=forensics",
          ["Per-inpainter AUC", "Robustness curves", forensics_low]),
+        ("forensics", "&forgery_localization_run=forensics-own",
+         ["Your forgery set (casia: 4 tampered, 2 authentic)", "side by side"]),
     ]
     try:
         for page, params, expected in pages:

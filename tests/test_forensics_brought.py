@@ -132,3 +132,54 @@ def test_brought_target_needs_a_surrogate_for_transfer(tmp_path: Path,
     path.write_text(yaml.safe_dump(raw))
     assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 2
     assert "attacks[0].surrogate" in capsys.readouterr().err
+
+
+NET_PY = '''
+import torch
+from torch import nn
+
+
+class TinyDetector(nn.Module):
+    """A user's detector: probabilities at half resolution (an output stride of 2)."""
+
+    def __init__(self, width=4):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(width, 1, 3, stride=2, padding=1))
+
+    def forward(self, x):
+        return torch.sigmoid(self.body(x))
+'''
+
+
+def test_python_class_detector_needs_trust_and_runs_with_it(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]
+                                                           ) -> None:
+    import importlib.util
+
+    import torch
+    from safetensors.torch import save_file
+
+    (tmp_path / "net.py").write_text(NET_PY)
+    spec = importlib.util.spec_from_file_location("user_net", tmp_path / "net.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    save_file(mod.TinyDetector(width=4).state_dict(), str(tmp_path / "net.safetensors"))
+    raw = _base()
+    raw["detectors"].append({"label": "mine", "model": "python:net.py:TinyDetector",
+                             "weights": "net.safetensors", "params": {"width": 4},
+                             "output": "probabilities", "image_score": "max",
+                             "preprocessing": {"mean": [0.5], "std": [0.25]}})
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out), "-q"]) == 2
+    assert "--trust-code" in capsys.readouterr().err and not out.exists()
+    assert main(["run", str(path), "--out", str(out), "-q", "--trust-code"]) == 0
+    card = json.loads((out / "scorecard.json").read_text())
+    mine = [r for r in card["results"] if r["detector"] == "mine"]
+    assert mine and all(0 <= r["auc"] <= 1 for r in mine)
+    info = next(d for d in card["detectors"] if d["label"] == "mine")
+    assert info["name"] == "python" and info["source"].startswith("python:")

@@ -60,7 +60,7 @@ BROKEN = [
                                         "max: 0.5}")),
      ("{file}: gates[0].metric: unknown metric 'evasion_rat'; did you mean 'evasion_rate' or "
      "'collision_rate'? (available: evasion_rate, collision_rate, clean_detection_rate, "
-     "false_positive_rate)")),
+     "false_positive_rate, corpus_false_positive_rate)")),
     ("transfer_threshold", ("    eps: 32/255", ("    eps: 32/255\nevaluation:\n  transfer: "
                                               "{pdq: 300}")),
      "{file}: evaluation.transfer.pdq: threshold must be an integer in [0, 255] (got 300)"),

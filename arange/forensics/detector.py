@@ -225,9 +225,9 @@ EXPORT_FORMATS = ("torchscript", "onnx", "export")
 
 def export_detector(net: nn.Module, path: str, fmt: str, size: tuple[int, int]) -> str:
     """Write ``net`` (float NCHW in [0, 1] -> pixel logits) as a file a scenario can bring back
-    (``model: <fmt>:<path>``): TorchScript (traced), ONNX (opset 17, any batch size) or a
-    ``torch.export`` program. ``size``: the (height, width) of the example input. Returns the
-    ``model:`` spelling."""
+    (``model: <fmt>:<path>``): TorchScript (traced), ONNX (opset 17) or a ``torch.export``
+    program, all taking any batch and image size. ``size``: the (height, width) of the example
+    input. Returns the ``model:`` spelling."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)} (got {fmt!r})")
     net = net.eval().cpu()
@@ -236,12 +236,14 @@ def export_detector(net: nn.Module, path: str, fmt: str, size: tuple[int, int]) 
         if fmt == "torchscript":
             torch.jit.trace(net, x).save(path)
         elif fmt == "onnx":
+            axes = {0: "n", 2: "height", 3: "width"}
             torch.onnx.export(net, (x,), path, input_names=["image"], output_names=["logits"],
-                              dynamic_axes={"image": {0: "n"}, "logits": {0: "n"}},
+                              dynamic_axes={"image": axes, "logits": axes},
                               opset_version=17, dynamo=False)
-        else:  # any batch size (an example of 2: a batch of 1 would be specialised)
-            batch = torch.export.Dim("batch", min=1, max=65536)
-            prog = torch.export.export(net, (x.repeat(2, 1, 1, 1),),
-                                       dynamic_shapes={"x": {0: batch}})
+        else:  # any batch size and image size (examples of 2: 1 would be specialised)
+            dims = {0: torch.export.Dim("batch", min=1, max=65536),
+                    2: torch.export.Dim("height", min=16, max=8192),
+                    3: torch.export.Dim("width", min=16, max=8192)}
+            prog = torch.export.export(net, (x.repeat(2, 1, 1, 1),), dynamic_shapes={"x": dims})
             torch.export.save(prog, path)
     return f"{fmt}:{path}"

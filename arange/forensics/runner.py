@@ -48,6 +48,7 @@ from arange.stats import wilson_interval
 from arange.store import atomic_write_json
 from arange.threat import ThreatModel
 
+from . import external_run
 from . import metrics as M
 from .data import Split, load_split, to_tensor, to_uint8
 from .detector import BroughtDetector, build_detector
@@ -116,6 +117,11 @@ def perturb(images: np.ndarray, name: str, strength: float, seed: int) -> np.nda
             down = Image.fromarray(im, "RGB").resize(small, Image.Resampling.BILINEAR)
             out[i] = np.asarray(down.resize((w, h), Image.Resampling.BILINEAR), np.uint8)
         return out
+    if name == "blur":  # IMDL-BenCo's Gaussian blur: OpenCV, sigma derived from the size
+        import cv2
+        k = int(strength)
+        return np.stack([cv2.GaussianBlur(im, (k, k), 0) for im in images]) if len(images) \
+            else images.copy()
     if name == "noise":
         rng = np.random.default_rng([seed, 31])
         noisy = images.astype(np.float64) + rng.normal(0, strength * 255, images.shape)
@@ -354,6 +360,11 @@ def job_attack(ctx: Context, a: AttackSpec, eps: float, transfer: bool) -> list[
     variants = [(base, adv)]
     if a.jpeg_quality is not None:
         variants.append((f"{base}+jpeg{a.jpeg_quality}", jpeg(adv, a.jpeg_quality)))
+        if a.bpda:
+            through = adv if eps == 0 else run_attack(
+                through_jpeg(ctx.attack_nets.get(source, ctx.nets[source]), a.jpeg_quality),
+                images, masks, a, eps, seed, ctx.device, ctx.s.target.batch_size)[0]
+            variants.append((f"{base}+bpda-jpeg{a.jpeg_quality}", jpeg(through, a.jpeg_quality)))
     rows = []
     for pert, imgs in variants:
         maps, scores = predict(ctx.nets[target], imgs, ctx.device, ctx.s.target.batch_size)
@@ -365,6 +376,13 @@ def job_attack(ctx: Context, a: AttackSpec, eps: float, transfer: bool) -> list[
                      "strength": float(eps), "eps_label": label, "source": source,
                      **facts, "seconds": round(time.perf_counter() - t0, 3)})
     return rows
+
+
+def through_jpeg(net: nn.Module, quality: int) -> nn.Module:
+    """``net`` behind a JPEG round trip, differentiated by BPDA (the classifier defenses'
+    adaptive view of their JPEG defense)."""
+    from arange.defenses.transforms import JPEG, TransformedModel
+    return TransformedModel(net, JPEG(quality), adaptive=True)
 
 
 def transfer_source(s: ForensicsScenario, a: AttackSpec) -> str:
@@ -416,8 +434,10 @@ class ForensicsJob:
     spec: dict[str, Any]
 
 
-def run_planned_job(ctx: Context, job: ForensicsJob, mask: Any = None, progress: Any = None
+def run_planned_job(ctx: Any, job: Any, mask: Any = None, progress: Any = None
                     ) -> dict[str, Any]:
+    if isinstance(ctx, external_run.ExternalContext):
+        return external_run.run_planned_job(ctx, job, mask, progress)
     sp = job.spec
     ctx.files = {}
     if sp["job"] == "untouched":
@@ -437,6 +457,47 @@ def run_planned_job(ctx: Context, job: ForensicsJob, mask: Any = None, progress:
 
 # ---------------------------------------------------------------------------- checks
 
+def budget_check(attacks: list[Any]) -> Check:
+    """Every attacked image inside its eps-ball and on the 8-bit grid (rows of either mode)."""
+    def size(r: Any) -> float:
+        if r.perturbation_max is not None:
+            return float(r.perturbation_max)
+        return float(getattr(r, "linf_max", None) or 0.0)
+
+    over = [r for r in attacks if r.off_grid or size(r) > r.strength * (1 + 1e-5) + 1e-6]
+    proposed = [r for r in attacks if r.budget_violations]
+    if not attacks:
+        return Check(name="budget", status="skip", message="no attack in this scenario")
+    if over:
+        return Check(name="budget", status="fail", message=f"{len(over)} attack row(s) "
+                     "evaluated images beyond eps or off the 8-bit grid",
+                     details={"rows": [r.job_id for r in over]})
+    return Check(name="budget", status="pass" if not proposed else "warn",
+                 message="every attacked image is inside its eps-ball and on the 8-bit grid"
+                 + (f"; the runner projected {sum(r.budget_violations or 0 for r in proposed)}"
+                    " raw outputs" if proposed else ""))
+
+
+def deployed_checks(infos: list[DetectorInfo]) -> list[Check]:
+    """For each ONNX detector: its twin and onnxruntime agree on at least 99% of the test
+    pixels and images."""
+    out = []
+    for info in infos:
+        if info.deployed_agreement is None:
+            continue
+        ok = min(info.deployed_agreement, info.deployed_image_agreement or 1.0) >= 0.99
+        out.append(Check(
+            name=f"deployed_runtime ({info.label})", status="pass" if ok else "fail",
+            message=f"{info.label}: the onnx2torch twin that the attacks differentiate and "
+            f"onnxruntime on {info.source} agree on {info.deployed_agreement:.4%} of test "
+            f"pixels and {info.deployed_image_agreement:.2%} of images"
+            + ("" if ok else "; below 99%, so attacks aim at a model that is not the deployed "
+               "one and their rows understate the risk"),
+            details={"pixels": info.deployed_agreement,
+                     "images": info.deployed_image_agreement}))
+    return out
+
+
 def _checks(ctx: Context, infos: list[InpainterInfo], results: list[ResultRow],
             rob: list[RobustnessRow]) -> list[Check]:
     checks = []
@@ -449,23 +510,7 @@ def _checks(ctx: Context, infos: list[InpainterInfo], results: list[ResultRow],
         checks.append(Check(name="paste_inside_mask", status="pass",
                             message="every forged test image equals its real image outside the "
                             "mask, bit for bit"))
-    attacks = [r for r in rob if r.kind != "benign" and r.strength > 0]
-    over = [r for r in attacks if r.off_grid or (
-        r.perturbation_max if r.perturbation_max is not None else r.linf_max or 0) >
-        r.strength * (1 + 1e-5) + 1e-6]
-    proposed = [r for r in attacks if r.budget_violations]
-    if not attacks:
-        checks.append(Check(name="budget", status="skip", message="no attack in this scenario"))
-    elif over:
-        checks.append(Check(name="budget", status="fail", message=f"{len(over)} attack row(s) "
-                            "evaluated images beyond eps or off the 8-bit grid",
-                            details={"rows": [r.job_id for r in over]}))
-    else:
-        checks.append(Check(name="budget", status="pass" if not proposed else "warn",
-                            message="every attacked image is inside its eps-ball and on the "
-                            "8-bit grid" + (f"; the runner projected "
-                                            f"{sum(r.budget_violations or 0 for r in proposed)}"
-                                            " raw outputs" if proposed else "")))
+    checks.append(budget_check([r for r in rob if r.kind != "benign" and r.strength > 0]))
     # detection should not rise with eps; white-box should beat transfer
     bad = []
     series: dict[str, list[RobustnessRow]] = {}
@@ -494,19 +539,7 @@ def _checks(ctx: Context, infos: list[InpainterInfo], results: list[ResultRow],
     else:
         checks.append(Check(name="attack_sanity", status="pass", message="AUC never rises with "
                             "eps and white-box PGD is at least as strong as transfer"))
-    for info in ctx.det_infos:
-        if info.deployed_agreement is None:
-            continue
-        ok = min(info.deployed_agreement, info.deployed_image_agreement or 1.0) >= 0.99
-        checks.append(Check(
-            name=f"deployed_runtime ({info.label})", status="pass" if ok else "fail",
-            message=f"{info.label}: the onnx2torch twin that the attacks differentiate and "
-            f"onnxruntime on {info.source} agree on {info.deployed_agreement:.4%} of test "
-            f"pixels and {info.deployed_image_agreement:.2%} of images"
-            + ("" if ok else "; below 99%, so attacks aim at a model that is not the deployed "
-               "one and their rows understate the risk"),
-            details={"pixels": info.deployed_agreement,
-                     "images": info.deployed_image_agreement}))
+    checks += deployed_checks(ctx.det_infos)
     target = ctx.s.target_detector
     seen = [r for r in results if r.detector == target and r.seen and r.auc is not None]
     if seen:
@@ -521,9 +554,11 @@ def _checks(ctx: Context, infos: list[InpainterInfo], results: list[ResultRow],
 
 # ---------------------------------------------------------------------------- the run
 
-def prepare(s: ForensicsScenario, dev: torch.device, progress: bool = True) -> Context:
-    """The test split, its masks and forgeries (by every inpainter), and the detectors (and the
+def prepare(s: ForensicsScenario, dev: torch.device, progress: bool = True) -> Any:
+    """Your forgery set with your detectors (:mod:`.external_run`), or: The test split, its masks and forgeries (by every inpainter), and the detectors (and the
     transfer source) trained on forgeries of the seen inpainters; training is cached."""
+    if external_run.is_external(s):
+        return external_run.prepare(s, dev, progress)
     timings: dict[str, float] = {}
     t = s.target
     torch.manual_seed(s.seed)
@@ -611,12 +646,14 @@ def prepare(s: ForensicsScenario, dev: torch.device, progress: bool = True) -> C
     return ctx
 
 
-def identity(ctx: Context) -> dict[str, Any]:
+def identity(ctx: Any) -> dict[str, Any]:
     return {"data_fingerprint": ctx.fingerprint, "weights": dict(ctx.shas)}
 
 
 def worker_prepare(s: ForensicsScenario, dev: torch.device, identity: dict[str, Any],
-                   where: str) -> Context:
+                   where: str) -> Any:
+    if external_run.is_external(s):
+        return external_run.worker_prepare(s, dev, identity, where)
     ctx = prepare(s, dev, progress=False)
     if ctx.fingerprint != identity["data_fingerprint"]:
         raise ArangeError(f"{where}: the test forgeries differ from the driver's; give a "
@@ -627,8 +664,10 @@ def worker_prepare(s: ForensicsScenario, dev: torch.device, identity: dict[str, 
     return ctx
 
 
-def plan(s: ForensicsScenario, ctx: Context) -> list[Chain]:
+def plan(s: ForensicsScenario, ctx: Any) -> list[Chain]:
     """One job per (detector, inpainter), untouched set, benign perturbation and attack eps."""
+    if isinstance(ctx, external_run.ExternalContext):
+        return external_run.plan(s, ctx)
     specs: list[tuple[str, dict[str, Any], str]] = []
     for d in s.detectors:
         specs.append((f"{d.label}__untouched", {"job": "untouched", "det": d.label},
@@ -658,6 +697,8 @@ def plan(s: ForensicsScenario, ctx: Context) -> list[Chain]:
 
 
 def build_scorecard(state: RunState) -> ForensicsScorecard:
+    if isinstance(state.prepared, external_run.ExternalContext):
+        return external_run.build_scorecard(state)
     s: ForensicsScenario = state.scenario
     ctx: Context = state.prepared
     t = s.target
@@ -715,6 +756,8 @@ def summary(card: ForensicsScorecard) -> str:
 
 
 def format_forensics_summary(card: ForensicsScorecard) -> str:
+    if card.external:
+        return "\n".join(external_run.format_summary(card) + format_checks(card.checks))
     p = card.provenance
     d = card.data
     lines = [(f"{card.name}: {d['test_images']} test tiles ({d['crop']}px) from "

@@ -58,6 +58,8 @@ PERTURBATIONS = {
     "resize": ("scale factor of a down-and-up resize", 0.1, 0.99, False),
     "noise": ("standard deviation of Gaussian noise in pixel units of [0, 1]", 1e-6, 0.5,
               False),
+    "blur": ("Gaussian blur kernel size (odd; sigma from the size, as OpenCV's)", 3.0, 51.0,
+             True),
 }
 
 
@@ -83,6 +85,9 @@ class ForgeryTarget(Strict):
     train_patches: int = Field(1600, ge=8)           # forged training set size
     real_fraction: float = Field(0.25, ge=0, lt=1)   # untouched share of the training set
     batch_size: int = Field(64, ge=1, le=65536)      # evaluation batch size
+    # your forgery set: images larger than this are scored in overlapping window x window
+    # tiles (memory bounded by the window); None scores every image whole
+    window: int | None = Field(None, ge=16, le=8192)
     examples: int = Field(8, ge=0, le=256)           # images kept per row for the gallery
 
 
@@ -144,6 +149,9 @@ class AttackSpec(AttackSpecBase):
     name: Literal["pgd"] = "pgd"
     samples: int | None = Field(48, ge=1)       # forged test images attacked (all inpainters)
     jpeg_quality: int | None = Field(75, ge=1, le=100)     # re-scored after this JPEG too
+    # with jpeg_quality: also attack through the JPEG (BPDA: the JPEG in the forward pass, the
+    # identity in the backward pass), scored after it - an attacker who knows about the JPEG
+    bpda: bool = True
     # also craft on a surrogate and score on the target: the detector labelled ``surrogate``,
     # or by default a copy of the (range-trained) target trained with seed + 1
     transfer: bool = True
@@ -163,8 +171,9 @@ class ForensicsGate(Strict):
 class ForensicsScenario(ScenarioBase):
     task: Literal["forgery_localization"] = TASK
     target: ForgeryTarget = Field(default_factory=ForgeryTarget)
-    inpainters: list[ComponentSpec] = Field(min_length=1)
-    train_inpainters: list[str] = Field(min_length=1)
+    # the range's own forgeries (embedded mode); not used with your forgery set
+    inpainters: list[ComponentSpec] = Field(default_factory=list)
+    train_inpainters: list[str] = Field(default_factory=list)
     detectors: list[DetectorSpec] = Field(min_length=1)
     robustness: list[PerturbationSpec] = Field(default_factory=list)
     attacks: list[AttackSpec] = Field(default_factory=list, max_length=1)  # one PGD sweep
@@ -214,6 +223,37 @@ def _detector_paths(raw: Any, base_dir: Path | None, source: str) -> Any:
     return {**raw, "detectors": fixed}
 
 
+def _validate_external(s: ForensicsScenario, source: str) -> None:
+    """Your forgery set: your detectors only (the range's own are trained on its embedded
+    forgeries: export them with arange export and bring them back), no inpainters."""
+    from .external import LOADERS
+
+    t = s.target
+    for key in ("inpainters", "train_inpainters"):
+        if getattr(s, key):
+            raise fail(source, key, f"the range forges nothing with your forgery set "
+                       f"({t.dataset.name}); remove {key}")
+    build_component(LOADERS[t.dataset.name], t.dataset.options, f"dataset {t.dataset.name!r}",
+                    source, "target.dataset.options")
+    opts = t.dataset.options
+    where = opts.get("root") or opts.get("path")
+    if isinstance(where, str) and not Path(where).exists():
+        key = "root" if "root" in opts else "path"
+        raise fail(source, f"target.dataset.options.{key}", f"{where} does not exist; give a "
+                   "path relative to the scenario file")
+    for i, d in enumerate(s.detectors):
+        if not d.brought:
+            raise fail(source, f"detectors[{i}].model", "with your forgery set every detector "
+                       "is a file you bring (model:); to use one the range trains, write it "
+                       "out with 'arange export' and bring it back")
+        _validate_brought(d, i, source)
+    labels = check_labels(s.detectors, "detectors", source)
+    if t.detector is not None and t.detector not in labels:
+        raise fail(source, "target.detector", f"no detector labelled {t.detector!r}"
+                    f"{suggest(t.detector, labels)} (detectors: {', '.join(labels)})")
+    _validate_common(s, source, [], labels)
+
+
 def _validate_brought(d: DetectorSpec, i: int, source: str) -> None:
     from arange.models.sources import ModelSourceError, check_model_source, parse_model_source
 
@@ -247,6 +287,15 @@ def validate_forensics_scenario(s: ForensicsScenario, source: str = "<scenario>"
     from .inpainters import INPAINTERS
 
     t = s.target
+    from .external import EXTERNAL_DATASETS
+    if t.dataset.name in EXTERNAL_DATASETS:
+        _validate_external(s, source)
+        return
+    if not s.inpainters or not s.train_inpainters:
+        raise fail(source, "inpainters" if not s.inpainters else "train_inpainters",
+                   "the range forges its test images from the embedded photographs with these "
+                   "inpainters; list at least one (or give your own forgeries: "
+                   "target.dataset.name casia, imdl_json or forgery_manifest)")
     try:
         factory = HASH_DATASETS.get(t.dataset.name)
     except RegistryError as e:
@@ -283,10 +332,16 @@ def validate_forensics_scenario(s: ForensicsScenario, source: str = "<scenario>"
         check_component(DETECTORS, d.name, d.params, source, f"detectors[{i}].name",
                         f"detectors[{i}].params")
     labels = check_labels(s.detectors, "detectors", source)
-    by_label = {d.label: d for d in s.detectors}
     if t.detector is not None and t.detector not in labels:
         raise fail(source, "target.detector", f"no detector labelled {t.detector!r}"
                     f"{suggest(t.detector, labels)} (detectors: {', '.join(labels)})")
+    _validate_common(s, source, names, labels)
+
+
+def _validate_common(s: ForensicsScenario, source: str, names: list[str],
+                     labels: list[str]) -> None:
+    """Perturbations, attacks and gates: the same in both modes."""
+    by_label = {d.label: d for d in s.detectors}
     for i, p in enumerate(s.robustness):
         spec = PERTURBATIONS.get(p.perturbation)
         if spec is None:
@@ -295,7 +350,8 @@ def validate_forensics_scenario(s: ForensicsScenario, source: str = "<scenario>"
                         f"(available: {', '.join(PERTURBATIONS)})")
         what, lo, hi, integer = spec
         for j, v in enumerate(p.strengths):
-            if not lo <= v <= hi or (integer and v != int(v)):
+            if not lo <= v <= hi or (integer and v != int(v)) or \
+                    (p.perturbation == "blur" and int(v) % 2 == 0):
                 raise fail(source, f"robustness[{i}].strengths[{j}]",
                             f"{p.perturbation} takes the {what}: "
                             f"{'an integer ' if integer else ''}in [{lo:g}, {hi:g}] "

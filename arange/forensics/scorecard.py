@@ -130,6 +130,40 @@ class RobustnessRow(Model):
     seconds: float = 0.0
 
 
+class ExternalRow(Model):
+    """One detector under one condition on your forgery set (target.dataset: casia, imdl_json,
+    forgery_manifest). Pixel metrics are means over the tampered images, as IMDL-BenCo reports
+    them; image metrics are over all images, by the image score at 0.5."""
+
+    job_id: str
+    detector: str                   # whose map is scored
+    condition: str                  # clean | jpeg-75 | pgd-4/255 | transfer_pgd-4/255+jpeg75 ...
+    kind: Literal["clean", "benign", "white-box", "transfer"]
+    perturbation: str               # none | jpeg | resize | noise | blur | pgd | transfer_pgd ...
+    strength: float = 0.0
+    eps_label: str = "0"
+    source: str | None = None       # attacks: the detector the attack was crafted on
+    n_tampered: int
+    n_authentic: int
+    pixel_f1: float | None
+    pixel_f1_ci: tuple[float, float]
+    pixel_f1_best: float
+    best_threshold: float
+    pixel_auc: float | None
+    pixel_auc_images: int           # tampered images with a pixel AUC (mask neither empty nor full)
+    iou: float | None
+    image_auc: float | None
+    image_f1: float
+    image_accuracy: float
+    per_source: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    norm: str | None = None
+    perturbation_max: float | None = None
+    off_grid: int | None = None
+    budget_violations: int | None = None
+    attack_params: dict[str, Any] = Field(default_factory=dict)
+    seconds: float = 0.0
+
+
 class ForensicsScorecard(ScorecardBase):
     schema_version: int = SCHEMA_VERSION
     task: Literal["forgery_localization"] = TASK
@@ -142,6 +176,7 @@ class ForensicsScorecard(ScorecardBase):
     untouched: list[UntouchedRow]
     robustness: list[RobustnessRow]
     checks: list[Check]
+    external: list[ExternalRow] = Field(default_factory=list)
     files: dict[str, str] = Field(default_factory=dict)
 
     def result(self, detector: str, inpainter: str) -> ResultRow:
