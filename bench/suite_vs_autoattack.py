@@ -142,7 +142,8 @@ def main() -> None:
     header = (f"# {Path(args.scenario).name} defense={key} {args.norm} eps={row.eps_label} "
               f"n={n} device={args.device} torch {torch.__version__}"
               f"{' DRY RUN (tiny budgets)' if args.dry_run else ''}")
-    print(header)
+    print(header, flush=True)
+    print(f"# arange suite: robust {int(ours.sum())}/{n}, {suite_s:.1f}s", flush=True)
     rows = [{"method": "arange suite: standard", "robust": int(ours.sum()), "n": n,
              "seconds": round(suite_s, 1), "only_arange": 0, "only_other": 0, "p": 1.0,
              "violations": row.budget_violations}]
@@ -163,6 +164,9 @@ def main() -> None:
                      "seconds": round(seconds, 1), "only_arange": only_arange,
                      "only_other": only_other, "p": mcnemar_exact(only_arange, only_other),
                      "violations": over})
+        # each peer as it finishes (a long run keeps what it has)
+        print(f"# {name}: robust {int(theirs.sum())}/{n}, {seconds:.1f}s, only arange "
+              f"{only_arange}, only {name} {only_other}", flush=True)
     print(f"{'method':<24} {'robust acc':>10} {'95% CI':>13} {'s':>7} {'only arange':>11} "
           f"{'only peer':>9} {'McNemar p':>9} {'over eps':>8}")
     for r in rows:
