@@ -298,8 +298,6 @@ def evaluate(maps: list[np.ndarray], masks: list[np.ndarray | None], scores: lis
     labels = np.array([m is not None for m in masks])
     s = np.asarray(scores, np.float64)
     pred_img = s >= 0.5
-    tp = int((pred_img & labels).sum())
-    denom = int(pred_img.sum()) + int(labels.sum())
     per_source: dict[str, dict[str, Any]] = {}
     for src in sorted({sources[i] for i in forged}):
         idx = [k for k, i in enumerate(forged) if sources[i] == src]
@@ -312,7 +310,7 @@ def evaluate(maps: list[np.ndarray], masks: list[np.ndarray | None], scores: lis
         "pixel_auc": _mean(auc), "pixel_auc_images": int(np.isfinite(auc).sum()),
         "iou": _mean(iou),
         "image_auc": _r(M.roc_auc(s, labels)),
-        "image_f1": round(1.0 if denom == 0 else 2 * tp / denom, 5),
+        "image_f1": round(M.f1_score(pred_img, labels), 5),
         "image_accuracy": round(float((pred_img == labels).mean()), 5) if len(s) else 0.0,
         "per_source": per_source,
         "_per_image": {"pixel_f1": [round(v, 5) for v in f1], "score": [round(v, 5)

@@ -230,6 +230,19 @@ class LearnedHash:
                 p.requires_grad_(False)
         return self._twin
 
+    @torch.no_grad()
+    def twin_bits(self, images: np.ndarray, device: torch.device, batch: int = 16
+                  ) -> np.ndarray:
+        """Bits of the twin on the deployed pipeline's own input (the Pillow-resized uint8
+        images): how faithful the conversion is, apart from the differentiable resize."""
+        twin = self.twin.to(device)
+        chunks = []
+        for i in range(0, len(images), batch):
+            inp = torch.from_numpy(self.preprocess(images[i:i + batch])).to(device)
+            out = twin(inp).reshape(inp.shape[0], -1).float().cpu().numpy()
+            chunks.append(self._values(out) >= self.spec.threshold)
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.bits), dtype=bool)
+
     def twin_values(self, x: torch.Tensor, batch: int = 16) -> torch.Tensor:
         """Differentiable pre-threshold values minus the threshold (N, bits) for float images
         (N, 3, H, W) in [0, 1]: resize by Pillow's filter weights, each pass rounded with a

@@ -678,15 +678,9 @@ def _learned_agreement(ctx: Context) -> list[Agreement]:
     t = ctx.s.target
     h = hash_for(t.hash, ctx.params)
     images, ref, ids = ctx.data.images, ctx.db, ctx.data.ids
-    out = [_agreement(t.hash, "fast", h.runtime_bits(images), ref, ids)]
-    twin = h.twin
-    chunks = []
+    out = [_agreement(t.hash, "fast", h.runtime_bits(images), ref, ids),
+           _agreement(t.hash, "twin", h.twin_bits(images, ctx.device), ref, ids)]
     with torch.no_grad():
-        for i in range(0, len(images), 16):
-            inp = torch.from_numpy(h.preprocess(images[i:i + 16])).to(ctx.device)
-            o = twin.to(ctx.device)(inp).reshape(inp.shape[0], -1).float().cpu().numpy()
-            chunks.append(h._values(o) >= h.spec.threshold)
-        out.append(_agreement(t.hash, "twin", np.concatenate(chunks), ref, ids))
         soft = h.twin_values(ctx.x).cpu().numpy() >= 0
     out.append(_agreement(t.hash, "surrogate", soft, ref, ids))
     return out
