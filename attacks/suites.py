@@ -52,7 +52,7 @@ STANDARD_COMPONENTS = ("apgd-ce", "apgd-t", "fab-t", "square")
 class StandardSuite(Suite):
     """APGD-CE, then APGD-T, FAB-T and Square on what is left (AutoAttack's 'standard' version).
 
-    Square is native for L-inf; for L2 it runs ART's SquareAttack through its adapter.
+    Every component is native, Square included for both norms.
     """
 
     def __init__(self, steps: int = 100, restarts: int = 1, n_target_classes: int = 9,
@@ -89,9 +89,7 @@ class StandardSuite(Suite):
                 "n_queries": self.n_queries, "components": list(self.components_)}
 
     def components(self, norm: Norm) -> list[Component]:
-        square = Component("square", "square", {"n_queries": self.n_queries}) \
-            if norm is Norm.linf else \
-            Component("square", "art.square", {"max_iter": self.n_queries})
+        square = Component("square", "square", {"n_queries": self.n_queries})
         table = {
             "apgd-ce": Component("apgd-ce", "apgd", {"steps": self.steps,
                                                      "restarts": self.restarts, "loss": "ce"}),

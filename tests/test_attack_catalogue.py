@@ -200,6 +200,39 @@ def test_native_square_reports_queries_and_breaks_samples(tiny_model: Any) -> No
     assert bool((q >= 1).all() and (q <= 60).all())
 
 
+def test_native_l2_square_matches_the_reference_square(tiny_model: Any) -> None:
+    """The L2 Square against Croce & Hein's own SquareAttack (pyautoattack): the same update
+    pattern, and no weaker at the same query budget on the same samples."""
+    square = pytest.importorskip("pyautoattack.square")
+    from arange.attacks.square import l2_pattern
+    from arange.stats import mcnemar_exact_one_sided
+
+    ref = square.SquareAttack(lambda t: t, norm="L2", eps=1.0, device="cpu")
+    for s in (1, 3, 4, 7, 12):
+        theirs = ref.eta(s)  # transposed at random
+        ours = l2_pattern(s)
+        assert min(float((theirs - ours).abs().max()), float((theirs - ours.T).abs().max())) < 1e-6
+
+    model, x, y = tiny_model
+    xb, yb = _correct(model, x, y, 60)
+    eps, nq = 0.5, 100
+    _, result = _attack(model, "square", xb, yb, Norm.l2, eps, n_queries=nq)
+    q = result.queries
+    assert q is not None and bool((q >= 1).all() and (q <= nq).all())
+    assert float(norms(result.x_adv - xb, Norm.l2).max()) <= eps * (1 + 1e-5)
+    with torch.no_grad():
+        ours_broke = model(result.x_adv).argmax(1) != yb
+        attack = square.SquareAttack(model, norm="L2", eps=eps, n_queries=nq, p_init=0.8,
+                                     n_restarts=1, seed=0, device="cpu")
+        theirs_broke = model(attack.perturb(xb, yb)).argmax(1) != yb
+    assert int(ours_broke.sum()) > 0
+    only_theirs = int((theirs_broke & ~ours_broke).sum())
+    only_ours = int((ours_broke & ~theirs_broke).sum())
+    # fail only when the reference breaks significantly more (one-sided exact McNemar)
+    assert mcnemar_exact_one_sided(only_theirs, only_ours) > 0.05, \
+        (int(ours_broke.sum()), int(theirs_broke.sum()), only_ours, only_theirs)
+
+
 def test_fab_finds_small_adversarial_examples(tiny_model: Any) -> None:
     model, x, y = tiny_model
     xb, yb = _correct(model, x, y, 12)
