@@ -80,18 +80,23 @@ def peers(names: list[str], model: torch.nn.Module, norm: str, eps: float, dry: 
                         if hasattr(a, key):
                             setattr(a, key, DRY["n_queries"] if key == "n_queries" else 3)
             out["torchattacks"] = lambda x, y: ta(x, y)
-    if "art" in names:
-        # ART's AutoAttack at its own defaults (APGD-CE and APGD-DLR with 5 restarts, DeepFool,
-        # Square with 5 restarts), through arange's adapter: what an ART user gets.
+    # ART's AutoAttack through arange's adapter. "art": at ART's own defaults (APGD-CE and
+    # APGD-DLR with 5 restarts, DeepFool, Square with 5 restarts): what an ART user gets.
+    # "art-standard": one restart each, so APGD has AutoAttack's 100 steps and Square its 5,000
+    # queries (ART's list has no targeted APGD or FAB; DeepFool stands in).
+    art_budgets = {"art": {}, "art-standard": {"nb_random_init": 1, "square_restarts": 1}}
+    for name in [n for n in names if n in art_budgets]:
         from arange.attacks import Misclassification
         from arange.attacks.adapters.art import ARTAutoAttack
         from arange.registry import ATTACKS
         from arange.threat import Norm, ThreatModel
 
-        art = ATTACKS.create("art.autoattack", **(ARTAutoAttack.test_params if dry else {}))
+        art = ATTACKS.create("art.autoattack",
+                             **(ARTAutoAttack.test_params if dry else art_budgets[name]))
         threat = ThreatModel(Norm(norm), eps)
-        out["art"] = lambda x, y: art.run(model, x, y, threat, Misclassification(),
-                                          torch.Generator(x.device).manual_seed(0)).x_adv
+        out[name] = lambda x, y, art=art, threat=threat: art.run(
+            model, x, y, threat, Misclassification(),
+            torch.Generator(x.device).manual_seed(0)).x_adv
     return out
 
 
@@ -103,7 +108,8 @@ def main() -> None:
     ap.add_argument("--eps", default="8/255")
     ap.add_argument("--n", type=int, default=100, help="samples")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--peers", nargs="*", default=["pyautoattack", "torchattacks", "art"])
+    ap.add_argument("--peers", nargs="*", default=["pyautoattack", "torchattacks", "art"],
+                    choices=["pyautoattack", "torchattacks", "art", "art-standard"])
     ap.add_argument("--dry-run", action="store_true", help="tiny budgets (plumbing check)")
     ap.add_argument("--json", help="also write the table as JSON here")
     args = ap.parse_args()
