@@ -112,6 +112,9 @@ def main() -> None:
                     choices=["pyautoattack", "torchattacks", "art", "art-standard"])
     ap.add_argument("--dry-run", action="store_true", help="tiny budgets (plumbing check)")
     ap.add_argument("--json", help="also write the table as JSON here")
+    ap.add_argument("--out", help="keep arange's run here (default: a temporary folder); "
+                    "a second call with the same settings resumes it, so other peers can be "
+                    "compared without re-running the suite")
     args = ap.parse_args()
     from arange.expr import parse_number
     args.eps = parse_number(args.eps)
@@ -125,7 +128,8 @@ def main() -> None:
 
     s = scenario(args)
     dev = torch.device(args.device)
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = args.out or tmp
         t0 = time.perf_counter()
         card = arange.run(s, out=out, progress=False)
         arange_s = time.perf_counter() - t0
