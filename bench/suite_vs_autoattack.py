@@ -10,7 +10,9 @@ table.
 arange runs the suite through ``arange.run`` (its budget enforcement, its per-sample outcomes in
 samples.json); the peers attack the same model object the runner builds, on the samples it
 scored, at AutoAttack's standard budgets (APGD-CE 100 steps, APGD-T 9 x 100, FAB-T 9 x 100,
-Square 5000 queries; the suite's defaults). Each peer's output is checked against the budget
+Square 5000 queries; the suite's defaults), except where a peer's own AutoAttack ships other
+budgets: "torchattacks" runs as shipped (10 steps per white-box attack), "torchattacks-100" at
+AutoAttack's 100; "art" at ART's defaults, "art-standard" with one restart each. Each peer's output is checked against the budget
 and re-scored by the model. Per-sample agreement with arange: the samples one breaks and the
 other does not, both ways, with the exact two-sided McNemar p-value. pyautoattack and
 torchattacks are benchmark-only: ``pip install "arange[bench]"``.
@@ -66,20 +68,24 @@ def peers(names: list[str], model: torch.nn.Module, norm: str, eps: float, dry: 
                 aa.square.n_queries = DRY["n_queries"]
             out["pyautoattack"] = lambda x, y: aa.run_standard_evaluation(x, y,
                                                                           batch_size=256)[0]
-    if "torchattacks" in names:
+    # torchattacks' AutoAttack(version="standard") builds APGD, APGD-T and FAB-T at their own
+    # default of 10 steps (not AutoAttack's 100; torchattacks issue #196): "torchattacks" is what
+    # its users get, "torchattacks-100" sets the 100 steps, so time compares at equal budgets.
+    for name in [n for n in names if n.startswith("torchattacks")]:
         try:
             import torchattacks
         except ImportError:
-            print('# torchattacks not installed (pip install "arange[bench]"): skipped')
-        else:
-            ta = torchattacks.AutoAttack(model, norm="Linf" if norm == "linf" else "L2",
-                                         eps=eps, version="standard", n_classes=10, seed=0)
-            if dry:
-                for a in getattr(ta._autoattack, "attacks", []):  # its MultiAttack
-                    for key in ("steps", "n_queries"):
-                        if hasattr(a, key):
-                            setattr(a, key, DRY["n_queries"] if key == "n_queries" else 3)
-            out["torchattacks"] = lambda x, y: ta(x, y)
+            print(f'# {name}: torchattacks not installed (pip install "arange[bench]"): skipped')
+            continue
+        ta = torchattacks.AutoAttack(model, norm="Linf" if norm == "linf" else "L2",
+                                     eps=eps, version="standard", n_classes=10, seed=0)
+        steps = 3 if dry else (100 if name == "torchattacks-100" else None)
+        for a in ta._autoattack.attacks:  # its MultiAttack
+            if hasattr(a, "steps") and steps is not None:
+                a.steps = steps
+            if hasattr(a, "n_queries") and dry:
+                a.n_queries = DRY["n_queries"]
+        out[name] = lambda x, y, ta=ta: ta(x, y)
     # ART's AutoAttack through arange's adapter. "art": at ART's own defaults (APGD-CE and
     # APGD-DLR with 5 restarts, DeepFool, Square with 5 restarts): what an ART user gets.
     # "art-standard": one restart each, so APGD has AutoAttack's 100 steps and Square its 5,000
@@ -109,7 +115,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100, help="samples")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--peers", nargs="*", default=["pyautoattack", "torchattacks", "art"],
-                    choices=["pyautoattack", "torchattacks", "art", "art-standard"])
+                    choices=["pyautoattack", "torchattacks", "torchattacks-100", "art",
+                             "art-standard"])
     ap.add_argument("--dry-run", action="store_true", help="tiny budgets (plumbing check)")
     ap.add_argument("--json", help="also write the table as JSON here")
     ap.add_argument("--out", help="keep arange's run here (default: a temporary folder); "
