@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import re
 import sys
 import tempfile
 import time
@@ -49,6 +51,27 @@ def scenario(args: argparse.Namespace) -> Any:
     return scenario_from_dict(base, args.scenario, Path(args.scenario).parent)
 
 
+class _TimesFromLog(logging.Handler):
+    """pyautoattack logs 'robust accuracy after APGD-CE: 12.00% (total time 5.1 s)' after each
+    attack: kept here as per-component seconds, to set beside arange's components."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.seconds: dict[str, float] = {}
+        self._total = 0.0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        m = re.match(r"robust accuracy after (\S+): .*\(total time ([0-9.]+) s\)",
+                     record.getMessage())
+        if m:
+            total = float(m.group(2))
+            self.seconds[m.group(1).lower()] = round(total - self._total, 1)
+            self._total = total
+
+
+_ReferenceTimes = _TimesFromLog()
+
+
 def peers(names: list[str], model: torch.nn.Module, norm: str, eps: float, dry: bool,
           device: torch.device) -> dict[str, Any]:
     """name -> function (x, y) -> x_adv, for the peers that are installed."""
@@ -66,6 +89,8 @@ def peers(names: list[str], model: torch.nn.Module, norm: str, eps: float, dry: 
                     a.n_iter = DRY["steps"]
                 aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = 2
                 aa.square.n_queries = DRY["n_queries"]
+            aa.logger.addHandler(_ReferenceTimes)
+            aa.logger.setLevel(logging.DEBUG)
             out["pyautoattack"] = lambda x, y: aa.run_standard_evaluation(x, y,
                                                                           batch_size=256)[0]
     # torchattacks' AutoAttack(version="standard") builds APGD, APGD-T and FAB-T at their own
@@ -193,8 +218,13 @@ def main() -> None:
               f"{r['p']:>9.3f} {r['violations']:>8}")
     print(f"# arange's components: {', '.join(parts)}; wall time including data, model and "
           f"scorecard: {arange_s:.1f}s")
+    if _ReferenceTimes.seconds:
+        print("# pyautoattack's components: " + ", ".join(
+            f"{k} {v:.1f}s" for k, v in _ReferenceTimes.seconds.items()))
     if args.json:
-        Path(args.json).write_text(json.dumps({"header": header, "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps(
+            {"header": header, "rows": rows, "arange_components": parts,
+             "pyautoattack_components": _ReferenceTimes.seconds}, indent=1))
     if any(r["violations"] for r in rows[1:]):
         print("# a peer returned examples beyond eps (counted above; its rate is not comparable)",
               file=sys.stderr)
