@@ -12,10 +12,10 @@ samples.json); the peers attack the same model object the runner builds, on the 
 scored, at AutoAttack's standard budgets (APGD-CE 100 steps, APGD-T 9 x 100, FAB-T 9 x 100,
 Square 5000 queries; the suite's defaults), except where a peer's own AutoAttack ships other
 budgets: "torchattacks" runs as shipped (10 steps per white-box attack), "torchattacks-100" at
-AutoAttack's 100; "art" at ART's defaults, "art-standard" with one restart each. Each peer's output is checked against the budget
-and re-scored by the model. Per-sample agreement with arange: the samples one breaks and the
-other does not, both ways, with the exact two-sided McNemar p-value. pyautoattack and
-torchattacks are benchmark-only: ``pip install "arange[bench]"``.
+AutoAttack's 100; "art" at ART's defaults, "art-standard" with one restart each. Each peer's
+output is checked against the budget and re-scored by the model. Per-sample agreement with
+arange: the samples one breaks and the other does not, both ways, with the exact two-sided
+McNemar p-value. pyautoattack and torchattacks are benchmark-only: ``pip install "arange[bench]"``.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def peers(names: list[str], model: torch.nn.Module, norm: str, eps: float, dry: 
             continue
         ta = torchattacks.AutoAttack(model, norm="Linf" if norm == "linf" else "L2",
                                      eps=eps, version="standard", n_classes=10, seed=0)
-        steps = 3 if dry else (100 if name == "torchattacks-100" else None)
+        steps = DRY["steps"] if dry else (100 if name == "torchattacks-100" else None)
         for a in ta._autoattack.attacks:  # its MultiAttack
             if hasattr(a, "steps") and steps is not None:
                 a.steps = steps
